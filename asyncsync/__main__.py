@@ -1,0 +1,5 @@
+"""``python -m asyncsync``."""
+
+from .cli.main import main
+
+main()

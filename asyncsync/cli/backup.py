@@ -1,0 +1,7 @@
+"""Commands: backup (not yet written)."""
+
+from __future__ import annotations
+
+import click
+
+commands: list[click.Command] = []

@@ -1,0 +1,111 @@
+"""Helpers shared by the command modules: context, output formats, tables, async runner.
+
+No business logic lives in the CLI: commands parse arguments, call the
+library, and print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..config.paths import Paths
+
+T = TypeVar("T")
+
+OUTPUT_FORMATS = ("text", "json", "json-pretty")
+
+output_format_option = click.option(
+    "--output-format",
+    type=click.Choice(OUTPUT_FORMATS),
+    default="text",
+    show_default=True,
+    help="Print a table (text) or JSON for scripts.",
+)
+
+
+def get_paths(ctx: click.Context | None = None) -> Paths:
+    """The :class:`Paths` chosen by the top-level ``--config-dir``/``--state-dir`` options."""
+    ctx = ctx or click.get_current_context()
+    obj = ctx.find_root().obj
+    if not isinstance(obj, Paths):
+        obj = Paths.resolve()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any, output_format: str) -> None:
+    indent = 2 if output_format == "json-pretty" else None
+    click.echo(json.dumps(data, indent=indent, sort_keys=False))
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    output_format: str = "text",
+    records: Any = None,
+) -> None:
+    """Print a box-drawing table (as Proxmox tools do), or ``records`` as JSON."""
+    if output_format != "text":
+        if records is None:
+            records = [dict(zip(columns, r, strict=True)) for r in rows]
+        print_json(records, output_format)
+        return
+    table = Table(box=box.SQUARE_DOUBLE_HEAD, show_edge=True, pad_edge=True)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    console().print(table)
+
+
+def print_kv(data: dict[str, Any], *, output_format: str = "text") -> None:
+    """A two-column key/value table (``show`` commands) or JSON."""
+    if output_format != "text":
+        print_json(data, output_format)
+        return
+    print_table(["key", "value"], [(k, v) for k, v in data.items() if v not in (None, "", [])])
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on uvloop (if available) and return its result."""
+    try:
+        import uvloop
+
+        return uvloop.run(factory())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(factory())
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def isatty() -> bool:
+    return sys.stderr.isatty()
+
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "console",
+    "get_paths",
+    "output_format_option",
+    "print_json",
+    "print_kv",
+    "print_table",
+    "run_async",
+    "warn",
+]

@@ -1,0 +1,260 @@
+"""Content-addressed chunk store: ``<store>/.chunks/<first 4 hex>/<64 hex>``.
+
+Every method is blocking (file system I/O, hashing): async callers run them in
+a worker thread. The store is safe for concurrent writers (threads and
+processes): a chunk is written to a temporary file in its prefix folder and
+renamed into place; an existing chunk of a plausible size is never rewritten,
+only touched (its mtime is what garbage collection's grace period looks at).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from pathlib import Path
+
+from ..errors import InvalidInput, NotFound, StorageError
+from ..names import check_digest
+from . import blob
+
+TMP_PREFIX = ".tmp."
+
+
+class SyncLevel(StrEnum):
+    """How hard writes are pushed to stable storage."""
+
+    NONE = "none"
+    FILESYSTEM = "filesystem"
+    FILE = "file"
+
+    @classmethod
+    def parse(cls, value: str) -> SyncLevel:
+        try:
+            return cls(value)
+        except ValueError:
+            raise InvalidInput(
+                f"invalid sync-level {value!r} (none, filesystem or file)", field="sync-level"
+            ) from None
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def syncfs(path: Path) -> None:
+    """Flush the file system holding ``path`` (``syncfs(2)``, else ``sync(2)``)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tmp_name(stem: str) -> str:
+    """A temp-file name that records the writing process (see :func:`is_stale_tmp`)."""
+    return f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}.{stem}"
+
+
+def is_stale_tmp(name: str) -> bool:
+    """True for a temp name whose writing process no longer runs."""
+    if not name.startswith(TMP_PREFIX):
+        return False
+    try:
+        pid = int(name[len(TMP_PREFIX) :].split(".", 1)[0])
+    except ValueError:
+        return True
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+class ChunkStore:
+    """The ``.chunks`` folder of one datastore."""
+
+    def __init__(self, root: Path, sync_level: SyncLevel = SyncLevel.FILESYSTEM) -> None:
+        self.root = root
+        self.base = root / ".chunks"
+        self.sync_level = sync_level
+        self._prefixes: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"ChunkStore({str(self.base)!r}, sync_level={self.sync_level.value!r})"
+
+    def path(self, digest: str) -> Path:
+        check_digest(digest)
+        return self.base / digest[:4] / digest
+
+    def create(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+
+    def exists(self, digest: str) -> bool:
+        try:
+            return blob.encoded_size_ok(self.path(digest).stat().st_size)
+        except FileNotFoundError:
+            return False
+
+    def missing(self, digests: Iterable[str]) -> list[str]:
+        """Those of ``digests`` (deduplicated, in first-seen order) that the store lacks."""
+        seen: set[str] = set()
+        out = []
+        for d in digests:
+            if d not in seen:
+                seen.add(d)
+                if not self.exists(d):
+                    out.append(d)
+        return out
+
+    def touch(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(digest))
+
+    def read(self, digest: str) -> bytes:
+        """The chunk's blob bytes; :class:`NotFound` if absent."""
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"chunk {digest} not found") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read chunk {digest}: {exc.strerror}") from exc
+
+    def read_data(self, digest: str) -> bytes:
+        """The chunk's content, decoded and checked against its digest."""
+        return blob.decode_verified(self.read(digest), digest)
+
+    def insert(self, digest: str, encoded: bytes | memoryview) -> bool:
+        """Store an already verified blob; returns False if the chunk was already present.
+
+        The caller guarantees that ``encoded`` decodes to content with ``digest``.
+        """
+        final = self.path(digest)
+        try:
+            if blob.encoded_size_ok(final.stat().st_size):
+                os.utime(final)
+                return False
+        except FileNotFoundError:
+            pass
+        prefix = digest[:4]
+        folder = final.parent
+        if prefix not in self._prefixes:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._prefixes.add(prefix)
+        tmp = folder / tmp_name(digest)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(encoded)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.sync_level is SyncLevel.FILE:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write chunk {digest}: {exc.strerror}") from exc
+            raise
+        if self.sync_level is SyncLevel.FILE:
+            fsync_dir(folder)
+        return True
+
+    def insert_data(self, data: bytes | memoryview, *, compress: bool = True) -> tuple[str, bool]:
+        """Hash, encode and store ``data``; returns (digest, newly written)."""
+        digest = blob.digest_of(data)
+        if self.exists(digest):
+            self.touch(digest)
+            return digest, False
+        return digest, self.insert(digest, blob.encode(data, compress=compress))
+
+    def iter_digests(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every stored chunk with its stat; temp files are skipped."""
+        if not self.base.is_dir():
+            return
+        with os.scandir(self.base) as prefixes:
+            for p in prefixes:
+                if not p.is_dir() or len(p.name) != 4:
+                    continue
+                with os.scandir(p.path) as entries:
+                    for e in entries:
+                        if len(e.name) == 64 and not e.name.startswith("."):
+                            yield e.name, e.stat()
+
+    def remove(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(digest).unlink()
+
+    def quarantine(self, digest: str) -> Path:
+        """Rename a damaged chunk aside (``<digest>.bad``, ``.bad.1``...) and return its new path."""
+        src = self.path(digest)
+        n = 0
+        while True:
+            dst = src.with_name(f"{digest}.bad" + (f".{n}" if n else ""))
+            if not dst.exists():
+                break
+            n += 1
+        os.replace(src, dst)
+        return dst
+
+    def cleanup_temp(self) -> int:
+        """Remove temp files left by writers that no longer run; returns how many."""
+        removed = 0
+        if not self.base.is_dir():
+            return 0
+        with os.scandir(self.base) as prefixes:
+            for p in prefixes:
+                if not p.is_dir():
+                    continue
+                with os.scandir(p.path) as entries:
+                    for e in entries:
+                        if is_stale_tmp(e.name):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(e.path)
+                                removed += 1
+        return removed
+
+    def sweep(
+        self, referenced: set[str], *, grace_seconds: float, now: float | None = None
+    ) -> tuple[int, int]:
+        """Remove chunks not in ``referenced`` whose mtime is older than the grace period.
+
+        Returns (removed chunks, removed bytes).
+        """
+        cutoff = (time.time() if now is None else now) - grace_seconds
+        removed = freed = 0
+        for digest, st in list(self.iter_digests()):
+            if digest not in referenced and st.st_mtime < cutoff:
+                self.remove(digest)
+                removed += 1
+                freed += st.st_size
+        return removed, freed
+
+
+__all__ = ["ChunkStore", "SyncLevel", "fsync_dir", "is_stale_tmp", "syncfs", "tmp_name"]

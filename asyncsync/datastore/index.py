@@ -1,0 +1,163 @@
+"""Fixed (``.fidx``) and dynamic (``.didx``) index codecs.
+
+Fixed index (format v1), all integers little-endian::
+
+    magic 8 | uuid 16 | ctime i64 | checksum 32 | size u64 | chunk_size u64   (80 bytes)
+    digest 32 × ceil(size / chunk_size)
+
+Dynamic index::
+
+    magic 8 | uuid 16 | ctime i64 | checksum 32                               (64 bytes)
+    (end_offset u64, digest 32) × n, end offsets strictly increasing
+
+``checksum`` is blake3-256 over the entry bytes that follow the header. Decoding
+checks magic, length, alignment, checksum, and (dynamic) monotonic offsets.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid as uuidlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import blake3
+
+from ..errors import CorruptIndex
+from .blob import MAX_CHUNK_SIZE
+
+FIXED_MAGIC = b"ASYFIX\x01\x00"
+DYNAMIC_MAGIC = b"ASYDYN\x01\x00"
+_FIXED_HEADER = struct.Struct("<8s16sq32sQQ")
+_DYNAMIC_HEADER = struct.Struct("<8s16sq32s")
+_DYN_ENTRY = 40
+#: refuse indexes larger than this when decoding (≈ 26 million chunks)
+MAX_INDEX_SIZE = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class FixedIndex:
+    """Equal-size chunks of an image: chunk *i* covers ``[i*chunk_size, (i+1)*chunk_size)``."""
+
+    digests: tuple[bytes, ...]
+    size: int
+    chunk_size: int
+    uuid: bytes = field(default_factory=lambda: uuidlib.uuid4().bytes)
+    ctime: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0 or self.chunk_size > MAX_CHUNK_SIZE:
+            raise CorruptIndex(f"invalid fixed chunk size {self.chunk_size}")
+        expected = -(-self.size // self.chunk_size)
+        if len(self.digests) != expected:
+            raise CorruptIndex(
+                f"fixed index of {self.size} bytes needs {expected} digests, has {len(self.digests)}"
+            )
+
+    @property
+    def total_size(self) -> int:
+        return self.size
+
+    def chunk_sizes(self) -> Iterator[tuple[bytes, int]]:
+        """(digest, uncompressed size) for each entry in order."""
+        for i, d in enumerate(self.digests):
+            yield d, min(self.chunk_size, self.size - i * self.chunk_size)
+
+    def encode(self) -> bytes:
+        body = b"".join(self.digests)
+        header = _FIXED_HEADER.pack(
+            FIXED_MAGIC, self.uuid, self.ctime, blake3.blake3(body).digest(), self.size, self.chunk_size
+        )
+        return header + body
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicIndex:
+    """Content-defined chunks: entry *i* ends at ``ends[i]`` (exclusive)."""
+
+    entries: tuple[tuple[int, bytes], ...]
+    uuid: bytes = field(default_factory=lambda: uuidlib.uuid4().bytes)
+    ctime: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        prev = 0
+        for end, _ in self.entries:
+            if end <= prev or end - prev > MAX_CHUNK_SIZE:
+                raise CorruptIndex("dynamic index offsets are not increasing within chunk limits")
+            prev = end
+
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        return tuple(d for _, d in self.entries)
+
+    @property
+    def total_size(self) -> int:
+        return self.entries[-1][0] if self.entries else 0
+
+    def chunk_sizes(self) -> Iterator[tuple[bytes, int]]:
+        prev = 0
+        for end, d in self.entries:
+            yield d, end - prev
+            prev = end
+
+    def encode(self) -> bytes:
+        body = b"".join(struct.pack("<Q", end) + d for end, d in self.entries)
+        header = _DYNAMIC_HEADER.pack(DYNAMIC_MAGIC, self.uuid, self.ctime, blake3.blake3(body).digest())
+        return header + body
+
+
+Index = FixedIndex | DynamicIndex
+
+
+def decode_index(data: bytes | memoryview) -> Index:
+    """Decode either index kind; raises :class:`CorruptIndex` on any defect."""
+    view = memoryview(data)
+    if len(view) > MAX_INDEX_SIZE:
+        raise CorruptIndex("index file too large")
+    magic = bytes(view[:8])
+    if magic == FIXED_MAGIC:
+        if len(view) < _FIXED_HEADER.size:
+            raise CorruptIndex("fixed index truncated")
+        _, uid, ctime, checksum, size, chunk_size = _FIXED_HEADER.unpack_from(view)
+        body = view[_FIXED_HEADER.size :]
+        if len(body) % 32:
+            raise CorruptIndex("fixed index body is not a whole number of digests")
+        if blake3.blake3(body).digest() != checksum:
+            raise CorruptIndex("fixed index checksum mismatch")
+        digests = tuple(bytes(body[i : i + 32]) for i in range(0, len(body), 32))
+        return FixedIndex(digests, size, chunk_size, uid, ctime)
+    if magic == DYNAMIC_MAGIC:
+        if len(view) < _DYNAMIC_HEADER.size:
+            raise CorruptIndex("dynamic index truncated")
+        _, uid, ctime, checksum = _DYNAMIC_HEADER.unpack_from(view)
+        body = view[_DYNAMIC_HEADER.size :]
+        if len(body) % _DYN_ENTRY:
+            raise CorruptIndex("dynamic index body is not a whole number of entries")
+        if blake3.blake3(body).digest() != checksum:
+            raise CorruptIndex("dynamic index checksum mismatch")
+        entries = tuple(
+            (struct.unpack_from("<Q", body, i)[0], bytes(body[i + 8 : i + 40]))
+            for i in range(0, len(body), _DYN_ENTRY)
+        )
+        return DynamicIndex(entries, uid, ctime)
+    raise CorruptIndex("unknown index magic")
+
+
+def index_digests(indexes: Sequence[Index]) -> set[str]:
+    """The set of hex digests referenced by ``indexes``."""
+    out: set[str] = set()
+    for idx in indexes:
+        out.update(d.hex() for d in idx.digests)
+    return out
+
+
+__all__ = [
+    "DYNAMIC_MAGIC",
+    "FIXED_MAGIC",
+    "DynamicIndex",
+    "FixedIndex",
+    "Index",
+    "decode_index",
+    "index_digests",
+]
