@@ -1,0 +1,221 @@
+"""Wire protocol shared by the server and the client, so the two cannot drift apart.
+
+All JSON answers live under ``/api2/json``; success is ``{"data": ...}``, failure
+``{"error": {"code": "...", "message": "..."}}`` with a fitting HTTP status.
+
+Authentication:
+
+* password login: ``POST /api2/json/access/ticket`` with ``username`` and
+  ``password`` answers ``{"ticket", "CSRFPreventionToken", "username"}`` and sets
+  the ticket as cookie :data:`TICKET_COOKIE`; non-GET requests with a ticket
+  must send the CSRF token in :data:`CSRF_HEADER`.
+* API token: header ``Authorization: PBSAPIToken=user@realm!name:SECRET``
+  (:data:`TOKEN_AUTH_PREFIX`). Ticket auth may also be sent as
+  ``Authorization: AsyncSyncTicket=<ticket>``.
+
+Reading a snapshot: ``POST .../reader`` opens a reader session for one snapshot
+(returns its id). Downloading an index through the session registers its
+digests; only registered digests may be fetched, singly (``GET .../chunk/{digest}``)
+or in a batch (``POST .../chunks`` with ``{"digests": [...]}``) that answers a
+framed stream: for each chunk, :data:`FRAME_HEADER` (32 raw digest bytes, u32 LE
+blob length) followed by the blob. The batch ends after the last frame; a
+shorter stream is a truncated transfer.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .datastore.manifest import FileEntry
+from .errors import InvalidInput, InvalidName
+from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId, check_archive_name
+
+API_PREFIX = "/api2/json"
+DEFAULT_PORT = 8007
+
+TICKET_COOKIE = "AsyncSyncAuthCookie"
+CSRF_HEADER = "CSRFPreventionToken"
+TOKEN_AUTH_PREFIX = "PBSAPIToken="
+TICKET_AUTH_PREFIX = "AsyncSyncTicket="
+
+#: per frame of a batch chunk answer: raw digest (32 bytes) + blob length (u32 LE)
+FRAME_HEADER = struct.Struct("<32sI")
+#: most digests one batch request may ask for
+MAX_BATCH_DIGESTS = 4096
+#: largest JSON request body the server accepts
+MAX_JSON_BODY = 1024 * 1024
+#: largest snapshot file (index, blob, manifest) a client downloads
+MAX_FILE_SIZE = 256 * 1024 * 1024
+
+# ---- paths (relative to API_PREFIX) ---------------------------------------
+
+
+def p_ticket() -> str:
+    return "/access/ticket"
+
+
+def p_datastores() -> str:
+    return "/admin/datastore"
+
+
+def p_namespaces(store: str) -> str:
+    return f"/admin/datastore/{store}/namespace"
+
+
+def p_groups(store: str) -> str:
+    return f"/admin/datastore/{store}/groups"
+
+
+def p_snapshots(store: str) -> str:
+    return f"/admin/datastore/{store}/snapshots"
+
+
+def p_reader(store: str) -> str:
+    return f"/admin/datastore/{store}/reader"
+
+
+def p_reader_file(store: str, reader: str, name: str) -> str:
+    return f"/admin/datastore/{store}/reader/{reader}/file/{name}"
+
+
+def p_reader_chunk(store: str, reader: str, digest: str) -> str:
+    return f"/admin/datastore/{store}/reader/{reader}/chunk/{digest}"
+
+
+def p_reader_chunks(store: str, reader: str) -> str:
+    return f"/admin/datastore/{store}/reader/{reader}/chunks"
+
+
+def p_reader_session(store: str, reader: str) -> str:
+    return f"/admin/datastore/{store}/reader/{reader}"
+
+
+# ---- models -----------------------------------------------------------------
+
+
+def _bad(what: str, exc: Exception) -> InvalidInput:
+    return InvalidInput(f"malformed {what} in answer: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupItem:
+    """One group of a group listing."""
+
+    group: GroupId
+    owner: AuthId | None
+    backup_count: int
+    last_backup: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backup-type": self.group.type.value,
+            "backup-id": self.group.id,
+            "owner": str(self.owner) if self.owner else None,
+            "backup-count": self.backup_count,
+            "last-backup": self.last_backup,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> GroupItem:
+        try:
+            owner = obj.get("owner")
+            return cls(
+                GroupId(BackupType.parse(obj["backup-type"]), obj["backup-id"]),
+                AuthId.parse(owner) if owner else None,
+                int(obj.get("backup-count", 0)),
+                obj.get("last-backup"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, InvalidName) as exc:
+            raise _bad("group", exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotItem:
+    """One snapshot of a snapshot listing."""
+
+    snapshot: SnapshotId
+    files: tuple[FileEntry, ...]
+    size: int
+    protected: bool
+    verify_state: str | None
+    owner: AuthId | None = None
+    comment: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backup-type": self.snapshot.group.type.value,
+            "backup-id": self.snapshot.group.id,
+            "backup-time": self.snapshot.time,
+            "files": [f.to_json() for f in self.files],
+            "size": self.size,
+            "protected": self.protected,
+            "verification": {"state": self.verify_state} if self.verify_state else None,
+            "owner": str(self.owner) if self.owner else None,
+            "comment": self.comment,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SnapshotItem:
+        try:
+            files = tuple(
+                FileEntry(check_archive_name(f["filename"]), int(f["size"]), str(f["csum"]))
+                for f in obj.get("files") or []
+            )
+            verification = obj.get("verification")
+            owner = obj.get("owner")
+            return cls(
+                SnapshotId(
+                    GroupId(BackupType.parse(obj["backup-type"]), obj["backup-id"]),
+                    int(obj["backup-time"]),
+                ),
+                files,
+                int(obj.get("size") or 0),
+                bool(obj.get("protected", False)),
+                verification.get("state") if isinstance(verification, dict) else None,
+                AuthId.parse(owner) if owner else None,
+                obj.get("comment"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, InvalidName) as exc:
+            raise _bad("snapshot", exc) from exc
+
+
+def ns_to_json(ns: Namespace) -> dict[str, Any]:
+    return {"ns": str(ns)}
+
+
+def ns_from_json(obj: Any) -> Namespace:
+    try:
+        return Namespace.parse(obj["ns"])
+    except (KeyError, TypeError) as exc:
+        raise _bad("namespace", exc) from exc
+
+
+def snapshot_params(ns: Namespace, snap: SnapshotId) -> dict[str, str]:
+    """Query/body parameters naming one snapshot."""
+    return {
+        "ns": str(ns),
+        "backup-type": snap.group.type.value,
+        "backup-id": snap.group.id,
+        "backup-time": str(snap.time),
+    }
+
+
+__all__ = [
+    "API_PREFIX",
+    "CSRF_HEADER",
+    "DEFAULT_PORT",
+    "FRAME_HEADER",
+    "MAX_BATCH_DIGESTS",
+    "MAX_FILE_SIZE",
+    "MAX_JSON_BODY",
+    "TICKET_AUTH_PREFIX",
+    "TICKET_COOKIE",
+    "TOKEN_AUTH_PREFIX",
+    "GroupItem",
+    "SnapshotItem",
+    "ns_from_json",
+    "ns_to_json",
+    "snapshot_params",
+]
