@@ -16,6 +16,7 @@ import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..config.paths import Paths
 
@@ -66,10 +67,17 @@ def print_table(
         return
     table = Table(box=box.SQUARE_DOUBLE_HEAD, show_edge=True, pad_edge=True)
     for c in columns:
-        table.add_column(c, overflow="fold")
+        table.add_column(Text(c), overflow="fold")
     for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r))
-    console().print(table)
+        # Text, not str: cell values are data, never rich markup or :emoji: codes
+        # (a fingerprint "ab:ab:..." or a host "[::1]" must print as is)
+        table.add_row(*(Text("" if v is None else str(v)) for v in r))
+    out = console()
+    if not out.is_terminal:
+        # piped or captured output: never fold cells to an assumed 80 columns
+        natural = out.measure(table, options=out.options.update(max_width=100_000)).maximum
+        out = Console(highlight=False, soft_wrap=True, width=max(natural, 80))
+    out.print(table)
 
 
 def print_kv(data: dict[str, Any], *, output_format: str = "text") -> None:

@@ -18,18 +18,30 @@ from .. import __version__
 from ..config.paths import Paths
 from ..errors import AsyncSyncError
 
-COMMAND_MODULES = (
-    "datastore",
-    "backup",
-    "serve",
-    "access",
-    "remote",
-    "syncjob",
-    "calendar",
-    "pull",
-    "task",
-    "demo",
-)
+#: command name -> modules to import for it (the first defines it; later ones extend it,
+#: e.g. ``syncjob_run`` adds ``sync-job run``). Commands load lazily, so ``asyncsync
+#: calendar`` does not pay for importing aiohttp; tests/test_cli_main.py keeps this
+#: table in step with each module's ``commands``.
+LAZY_COMMANDS: dict[str, tuple[str, ...]] = {
+    "datastore": ("datastore",),
+    "backup": ("backup",),
+    "restore": ("backup",),
+    "namespace": ("backup",),
+    "snapshot": ("backup",),
+    "verify": ("backup",),
+    "gc": ("backup",),
+    "serve": ("serve",),
+    "cert": ("serve",),
+    "user": ("access",),
+    "acl": ("access",),
+    "remote": ("remote",),
+    "sync-job": ("syncjob", "syncjob_run"),
+    "calendar": ("calendar",),
+    "pull": ("pull",),
+    "task": ("task",),
+    "demo": ("demo",),
+}
+COMMAND_MODULES = tuple(dict.fromkeys(m for mods in LAZY_COMMANDS.values() for m in mods))
 
 
 def _leaf_errors(exc: BaseException) -> list[BaseException]:
@@ -42,7 +54,21 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
 
 
 class AsyncSyncGroup(click.Group):
-    """A click group that turns library errors into one-line messages and exit codes."""
+    """A click group that loads command modules lazily and turns library errors into
+    one-line messages and exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        mods = LAZY_COMMANDS.get(cmd_name)
+        if mods is not None and cmd_name not in self.commands:
+            for name in mods:
+                mod = importlib.import_module(f"{__package__}.{name}")
+                for cmd in mod.commands:
+                    if cmd.name == cmd_name:
+                        self.add_command(cmd)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -82,12 +108,6 @@ class AsyncSyncGroup(click.Group):
 def cli(ctx: click.Context, config_dir: str | None, state_dir: str | None) -> None:
     """Replicate backup datastores between machines: remotes, sync jobs, pulls."""
     ctx.obj = Paths.resolve(config_dir, state_dir)
-
-
-for _name in COMMAND_MODULES:
-    _mod = importlib.import_module(f"{__package__}.{_name}")
-    for _cmd in _mod.commands:
-        cli.add_command(_cmd)
 
 
 def main() -> None:

@@ -192,6 +192,7 @@ class Datastore:
         if parents:
             self.create_namespace(ns.parent, parents=True)
         path = self.ns_path(ns)
+        path.parent.mkdir(exist_ok=True)  # the parent's "ns" folder may not exist yet
         path.mkdir(parents=False, exist_ok=True)
         return True
 
@@ -232,8 +233,11 @@ class Datastore:
         groups = [(n, g) for n in all_ns for g in self.list_groups(n)]
         if groups and not delete_groups:
             raise Conflict(f"namespace {ns!s} is not empty ({len(groups)} groups); use --delete-groups")
-        for n, g in groups:
-            self.remove_group(n, g)
+        kept = [g for n, g in groups if not self.remove_group(n, g)]
+        if kept:
+            raise Conflict(
+                f"namespace {ns!s} keeps {len(kept)} group(s) with protected snapshots; the rest was removed"
+            )
         shutil.rmtree(self.ns_path(ns))
 
     # ---- groups ----------------------------------------------------------
