@@ -17,9 +17,11 @@ Reading a snapshot: ``POST .../reader`` opens a reader session for one snapshot
 (returns its id). Downloading an index through the session registers its
 digests; only registered digests may be fetched, singly (``GET .../chunk/{digest}``)
 or in a batch (``POST .../chunks`` with ``{"digests": [...]}``) that answers a
-framed stream: for each chunk, :data:`FRAME_HEADER` (32 raw digest bytes, u32 LE
-blob length) followed by the blob. The batch ends after the last frame; a
-shorter stream is a truncated transfer.
+framed stream: for each chunk, in request order, :data:`FRAME_HEADER` (32 raw
+digest bytes, u32 LE blob length) followed by the blob; a length of
+:data:`FRAME_MISSING` says the chunk is missing on the server (no bytes follow).
+The batch ends after the last frame; a shorter stream is a truncated transfer.
+See ``docs/protocol.md`` for the full description.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ TICKET_AUTH_PREFIX = "AsyncSyncTicket="
 
 #: per frame of a batch chunk answer: raw digest (32 bytes) + blob length (u32 LE)
 FRAME_HEADER = struct.Struct("<32sI")
+#: frame length meaning "this chunk is missing on the server" (no blob bytes follow)
+FRAME_MISSING = 0xFFFFFFFF
+#: media type of a batch chunk answer
+CHUNKS_CONTENT_TYPE = "application/x-asyncsync-chunks"
 #: most digests one batch request may ask for
 MAX_BATCH_DIGESTS = 4096
 #: largest JSON request body the server accepts
@@ -204,9 +210,11 @@ def snapshot_params(ns: Namespace, snap: SnapshotId) -> dict[str, str]:
 
 __all__ = [
     "API_PREFIX",
+    "CHUNKS_CONTENT_TYPE",
     "CSRF_HEADER",
     "DEFAULT_PORT",
     "FRAME_HEADER",
+    "FRAME_MISSING",
     "MAX_BATCH_DIGESTS",
     "MAX_FILE_SIZE",
     "MAX_JSON_BODY",

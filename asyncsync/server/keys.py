@@ -17,11 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from ..config.paths import Paths
+from ..names import AuthId
 
 PATHS: web.AppKey[Paths] = web.AppKey("paths", Paths)
 #: the access-control object (asyncsync.access.AccessControl)
 ACCESS: web.AppKey[Any] = web.AppKey("access", object)
 #: set on each authenticated request: ``request[AUTH_ID]``
-AUTH_ID = "asyncsync.auth_id"
+AUTH_ID: web.RequestKey[AuthId] = web.RequestKey("asyncsync.auth_id", AuthId)
 
 __all__ = ["ACCESS", "AUTH_ID", "PATHS"]

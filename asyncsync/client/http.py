@@ -1,0 +1,522 @@
+"""The HTTP client of a remote asyncsync server.
+
+:class:`Client` holds one aiohttp session (a connection pool of
+``max_connections``) pinned to the server's certificate fingerprint, logged in
+with a password (ticket) or an API token. Every call maps failures to the
+project's error tree (see :mod:`asyncsync.client.errors`) and retries
+transient ones (reset, timeout, 429/5xx) with exponential backoff and jitter,
+at most ``retries`` times; the sleep function and the random source are
+injectable for tests.
+
+:class:`ReaderSession` reads one snapshot: its files, single chunks, and
+batches of chunks as a framed stream (:data:`asyncsync.protocol.FRAME_HEADER`).
+Bodies are read with explicit size bounds: a body larger than allowed is an
+error and is never buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self, TypeVar
+
+import aiohttp
+import yarl
+
+from .. import protocol
+from ..datastore import blob
+from ..datastore.manifest import MANIFEST_NAME
+from ..errors import (
+    AsyncSyncError,
+    AuthenticationFailed,
+    InvalidInput,
+    NotFound,
+    RemoteError,
+    TransientRemoteError,
+)
+from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId, check_archive_name, check_digest, safe_id
+from ..tls import parse_fingerprint
+from .errors import error_for_status, map_client_error
+
+log = logging.getLogger("asyncsync.client")
+
+T = TypeVar("T")
+
+#: largest JSON answer the client accepts (a listing of many snapshots)
+MAX_JSON_ANSWER = 64 * 1024 * 1024
+#: largest error body read (only its message is used)
+_MAX_ERROR_BODY = 64 * 1024
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: retry *n* waits ``base * 2**n`` (capped), half of it random."""
+
+    retries: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        cap = min(self.max_delay, self.base_delay * 2.0**attempt)
+        return cap / 2 + rand() * cap / 2
+
+
+@dataclass(slots=True)
+class ClientStatistics:
+    """Counters of one client (for reports and tests)."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+    logins: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def _host(host: str) -> str:
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if not h:
+        raise InvalidInput("empty host", field="host")
+    return h
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, max_size: int, what: str) -> bytes:
+    """The whole body of ``resp``, refusing more than ``max_size`` bytes before buffering it."""
+    length = resp.content_length
+    if length is not None:
+        if length > max_size:
+            raise RemoteError(f"{what}: answer of {length} bytes exceeds the limit of {max_size}")
+        return await resp.content.readexactly(length)
+    buf = bytearray()
+    async for piece in resp.content.iter_any():
+        buf += piece
+        if len(buf) > max_size:
+            raise RemoteError(f"{what}: answer exceeds the limit of {max_size} bytes")
+    return bytes(buf)
+
+
+class Client:
+    """A logged-in connection pool to one remote server. Create with :meth:`connect`."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base: yarl.URL,
+        auth_id: AuthId,
+        secret: str,
+        *,
+        policy: RetryPolicy,
+        sleep: Sleep,
+        rand: Callable[[], float],
+    ) -> None:
+        self._session = session
+        self._base = base
+        self.auth_id = auth_id
+        self._secret = secret
+        self._policy = policy
+        self._sleep = sleep
+        self._rand = rand
+        self._headers: dict[str, str] = {}
+        self._login_lock = asyncio.Lock()
+        self.stats = ClientStatistics()
+        if auth_id.is_token:
+            self._headers["Authorization"] = f"{protocol.TOKEN_AUTH_PREFIX}{auth_id}:{secret}"
+
+    def __repr__(self) -> str:
+        return f"Client({str(self._base)!r}, auth_id={str(self.auth_id)!r}, requests={self.stats.requests})"
+
+    @property
+    def base_url(self) -> str:
+        return str(self._base)
+
+    def statistics(self) -> ClientStatistics:
+        return self.stats
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        auth_id: AuthId,
+        secret: str,
+        *,
+        fingerprint: str | None,
+        tls: bool = True,
+        max_connections: int = 16,
+        timeout: float = 60.0,  # noqa: ASYNC109 - per-read socket timeout, not a deadline
+        retries: int = 4,
+        retry_base_delay: float = 0.5,
+        retry_max_delay: float = 30.0,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> Client:
+        """Connect to ``host:port`` and log in (password for a user, header for a token).
+
+        ``fingerprint`` pins the server certificate (SHA-256, ``aa:bb:...``); with
+        ``None`` the certificate must be trusted by the system CAs. ``host`` may
+        be a name, an IPv4 or an IPv6 address (with or without brackets).
+        Raises :class:`AuthenticationFailed` for bad credentials and
+        :class:`FingerprintMismatch` naming the fingerprint the server presented.
+        """
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"invalid port {port}", field="port")
+        if max_connections < 1:
+            raise InvalidInput("must be at least 1", field="max-connections")
+        ssl_arg: aiohttp.Fingerprint | ssl.SSLContext | bool
+        if not tls:
+            ssl_arg = False
+        elif fingerprint is not None:
+            ssl_arg = aiohttp.Fingerprint(parse_fingerprint(fingerprint))
+        else:
+            # loading the system CA store reads files: not on the event loop
+            ssl_arg = await asyncio.to_thread(ssl.create_default_context)
+        base = yarl.URL.build(scheme="https" if tls else "http", host=_host(host), port=port)
+        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, ssl=ssl_arg)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        client = cls(
+            session,
+            base,
+            auth_id,
+            secret,
+            policy=RetryPolicy(retries, retry_base_delay, retry_max_delay),
+            sleep=sleep,
+            rand=rand,
+        )
+        try:
+            if auth_id.is_token:
+                await client.version()  # proves the token works
+            else:
+                await client._login()
+        except BaseException:
+            await client.aclose()
+            raise
+        return client
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def _url(self, path: str) -> yarl.URL:
+        return self._base.with_path(protocol.API_PREFIX + path, encoded=False)
+
+    async def _login(self) -> None:
+        url = self._url(protocol.p_ticket())
+
+        async def attempt() -> Any:
+            return await self._once(
+                "POST",
+                url,
+                json_body={"username": str(self.auth_id), "password": self._secret},
+                auth=False,
+                max_size=MAX_JSON_ANSWER,
+                parse=True,
+            )
+
+        data = await self._retrying(attempt, relogin=False)
+        try:
+            ticket, csrf = data["ticket"], data["CSRFPreventionToken"]
+        except (KeyError, TypeError) as exc:
+            raise RemoteError(f"malformed login answer from {self._base}", url=str(url)) from exc
+        if not isinstance(ticket, str) or not isinstance(csrf, str):
+            raise RemoteError(f"malformed login answer from {self._base}", url=str(url))
+        self._headers = {
+            "Authorization": f"{protocol.TICKET_AUTH_PREFIX}{ticket}",
+            protocol.CSRF_HEADER: csrf,
+        }
+        self.stats.logins += 1
+
+    async def _relogin(self, stale: dict[str, str]) -> None:
+        async with self._login_lock:
+            if self._headers is stale:  # nobody else renewed it meanwhile
+                await self._login()
+
+    async def _once(
+        self,
+        method: str,
+        url: yarl.URL,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        auth: bool = True,
+        max_size: int,
+        parse: bool,
+    ) -> Any:
+        """One request: the parsed ``data`` of the envelope (``parse``) or the raw body bytes."""
+        self.stats.requests += 1
+        headers = self._headers if auth else {}
+        try:
+            async with self._session.request(
+                method, url, params=params, json=json_body, headers=headers
+            ) as resp:
+                if resp.status >= 400:
+                    raise error_for_status(
+                        resp.status, await _read_limited_error(resp), str(url), resp.reason
+                    )
+                body = await _read_bounded(resp, max_size, f"{method} {url.path}")
+        except AsyncSyncError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise map_client_error(exc, str(url)) from exc
+        self.stats.bytes_received += len(body)
+        if not parse:
+            return body
+        try:
+            return json.loads(body)["data"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteError(f"malformed answer from {url}", url=str(url)) from exc
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]], *, relogin: bool = True) -> T:
+        """Run ``op``, retrying transient failures with backoff; renew an expired ticket once."""
+        attempt = 0
+        renewed = False
+        while True:
+            stale = self._headers
+            try:
+                return await op()
+            except TransientRemoteError as exc:
+                if attempt >= self._policy.retries:
+                    raise
+                delay = self._policy.delay(attempt, self._rand)
+                attempt += 1
+                self.stats.retries += 1
+                log.info("retry %d/%d in %.1f s: %s", attempt, self._policy.retries, delay, exc)
+                await self._sleep(delay)
+            except AuthenticationFailed:
+                if not relogin or renewed or self.auth_id.is_token:
+                    raise
+                renewed = True
+                await self._relogin(stale)
+
+    async def _json(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None
+    ) -> Any:
+        url = self._url(path)
+        return await self._retrying(
+            lambda: self._once(
+                method, url, params=params, json_body=body, max_size=MAX_JSON_ANSWER, parse=True
+            )
+        )
+
+    async def _bytes(self, path: str, max_size: int) -> bytes:
+        url = self._url(path)
+        data: bytes = await self._retrying(lambda: self._once("GET", url, max_size=max_size, parse=False))
+        return data
+
+    # ---- API ----------------------------------------------------------------------------------
+
+    async def version(self) -> dict[str, Any]:
+        data = await self._json("GET", "/version")
+        if not isinstance(data, dict):
+            raise RemoteError("malformed version answer")
+        return data
+
+    async def list_datastores(self) -> list[dict[str, Any]]:
+        """The datastores the caller may see: ``[{"store": name, "comment": ...}]``."""
+        data = await self._json("GET", protocol.p_datastores())
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            raise RemoteError("malformed datastore list")
+        return data
+
+    async def list_namespaces(
+        self, store: str, parent: Namespace = ROOT_NS, max_depth: int | None = None
+    ) -> list[Namespace]:
+        """``parent`` and the namespaces below it (down to ``max_depth``) that the caller may see."""
+        params = {"parent": str(parent)}
+        if max_depth is not None:
+            params["max-depth"] = str(max_depth)
+        data = await self._json("GET", protocol.p_namespaces(_store(store)), params=params)
+        return [protocol.ns_from_json(o) for o in _list(data, "namespace list")]
+
+    async def list_groups(self, store: str, ns: Namespace) -> list[protocol.GroupItem]:
+        data = await self._json("GET", protocol.p_groups(_store(store)), params={"ns": str(ns)})
+        return [protocol.GroupItem.from_json(o) for o in _list(data, "group list")]
+
+    async def list_snapshots(
+        self, store: str, ns: Namespace, group: GroupId | None = None
+    ) -> list[protocol.SnapshotItem]:
+        params = {"ns": str(ns)}
+        if group is not None:
+            params["backup-type"] = group.type.value
+            params["backup-id"] = group.id
+        data = await self._json("GET", protocol.p_snapshots(_store(store)), params=params)
+        return sorted(
+            (protocol.SnapshotItem.from_json(o) for o in _list(data, "snapshot list")),
+            key=lambda s: s.snapshot,
+        )
+
+    async def open_reader(self, store: str, ns: Namespace, snap: SnapshotId) -> ReaderSession:
+        """Open a reader session for one snapshot (close it with :meth:`ReaderSession.aclose`)."""
+        data = await self._json(
+            "POST", protocol.p_reader(_store(store)), body=protocol.snapshot_params(ns, snap)
+        )
+        reader = data.get("reader") if isinstance(data, dict) else None
+        if not isinstance(reader, str) or not reader.replace("-", "").replace("_", "").isalnum():
+            raise RemoteError("malformed reader answer")
+        return ReaderSession(self, store, reader, ns, snap)
+
+
+def _store(store: str) -> str:
+    return safe_id(store, "datastore name")
+
+
+def _list(data: Any, what: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise RemoteError(f"malformed {what}")
+    return data
+
+
+async def _read_limited_error(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.content.read(_MAX_ERROR_BODY)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return b""
+
+
+class ReaderSession:
+    """Reads one snapshot of the remote through a server-side reader session."""
+
+    def __init__(self, client: Client, store: str, reader_id: str, ns: Namespace, snap: SnapshotId) -> None:
+        self.client = client
+        self.store = store
+        self.reader_id = reader_id
+        self.ns = ns
+        self.snapshot = snap
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ReaderSession({self.store}:{self.ns}:{self.snapshot}, {self.reader_id[:8]}…)"
+
+    async def download(self, name: str, *, max_size: int = protocol.MAX_FILE_SIZE) -> bytes:
+        """The raw bytes of a snapshot file (manifest, index or blob, as stored).
+
+        Downloading an index lets this session fetch the chunks it references.
+        """
+        if name != MANIFEST_NAME:
+            check_archive_name(name)
+        return await self.client._bytes(protocol.p_reader_file(self.store, self.reader_id, name), max_size)
+
+    async def fetch_chunk(self, digest: str, *, max_size: int = blob.MAX_BLOB_SIZE) -> bytes:
+        """The stored blob of one chunk (not verified: the caller decodes and checks it)."""
+        check_digest(digest)
+        return await self.client._bytes(protocol.p_reader_chunk(self.store, self.reader_id, digest), max_size)
+
+    async def fetch_chunks(
+        self, digests: Sequence[str], *, max_size: int = blob.MAX_BLOB_SIZE
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield ``(digest, blob)`` for every digest, in request order, in few requests.
+
+        Raises :class:`NotFound` for a chunk missing on the server,
+        :class:`RemoteError` for an answer that breaks the framing (a frame for
+        another digest, an oversized frame), and, once the retries are spent,
+        :class:`TransientRemoteError` for a truncated stream. A stream cut short
+        is resumed with the digests not yet received.
+        """
+        for d in digests:
+            check_digest(d)
+        client = self.client
+        url = client._url(protocol.p_reader_chunks(self.store, self.reader_id))
+        pos = 0
+        attempt = 0
+        renewed = False
+        while pos < len(digests):
+            batch = list(digests[pos : pos + protocol.MAX_BATCH_DIGESTS])
+            before = pos
+            stale = client._headers
+            try:
+                async for item in self._stream(url, batch, max_size):
+                    pos += 1
+                    yield item
+            except TransientRemoteError as exc:
+                if pos > before:
+                    attempt = 0  # progress was made: the retry budget starts afresh
+                if attempt >= client._policy.retries:
+                    raise
+                delay = client._policy.delay(attempt, client._rand)
+                attempt += 1
+                client.stats.retries += 1
+                log.info("batch fetch: retry %d in %.1f s: %s", attempt, delay, exc)
+                await client._sleep(delay)
+            except AuthenticationFailed:
+                if client.auth_id.is_token or renewed:
+                    raise
+                renewed = True  # an expired ticket is renewed once per call
+                await client._relogin(stale)
+
+    async def _stream(
+        self, url: yarl.URL, batch: list[str], max_size: int
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        client = self.client
+        client.stats.requests += 1
+        header = protocol.FRAME_HEADER
+        try:
+            async with client._session.post(url, json={"digests": batch}, headers=client._headers) as resp:
+                if resp.status >= 400:
+                    raise error_for_status(
+                        resp.status, await _read_limited_error(resp), str(url), resp.reason
+                    )
+                content = resp.content
+                for want in batch:
+                    raw, length = header.unpack(await content.readexactly(header.size))
+                    got = raw.hex()
+                    if got != want:
+                        raise RemoteError(f"batch answer out of order: expected chunk {want}, got {got}")
+                    if length == protocol.FRAME_MISSING:
+                        raise NotFound(f"remote: chunk {want} not found")
+                    if length > max_size:
+                        raise RemoteError(
+                            f"chunk {want}: frame of {length} bytes exceeds the limit of {max_size}"
+                        )
+                    data = await content.readexactly(length)
+                    client.stats.bytes_received += header.size + length
+                    yield want, data
+                if await content.read(1):
+                    raise RemoteError("batch answer has trailing data")
+        except AsyncSyncError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise map_client_error(exc, str(url)) from exc
+
+    async def aclose(self) -> None:
+        """Close the server-side session (best effort: it expires anyway)."""
+        if self._closed:
+            return
+        self._closed = True
+        url = self.client._url(protocol.p_reader_session(self.store, self.reader_id))
+        try:
+            await self.client._once("DELETE", url, max_size=_MAX_ERROR_BODY, parse=True)
+        except (NotFound, RemoteError, AuthenticationFailed) as exc:
+            log.debug("closing reader %s: %s", self.reader_id[:8], exc)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+__all__ = ["MAX_JSON_ANSWER", "Client", "ClientStatistics", "ReaderSession", "RetryPolicy"]

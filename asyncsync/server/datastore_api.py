@@ -1,0 +1,547 @@
+"""Datastore routes: listings, reader sessions, file and chunk downloads.
+
+Order of checks in every handler: parse and validate every parameter first
+(400, nothing touched), then the caller's privileges (403), then the data
+(404). All datastore file access runs in a worker thread, one hop per request
+(or per batch piece).
+
+Visibility follows Proxmox Backup Server. On the ACL path of the datastore and
+namespace (``/datastore/{store}[/{ns...}]``):
+
+* ``Datastore.Audit`` or ``Datastore.Read``: every group is listed;
+* ``Datastore.Backup`` alone: only groups the caller owns (owner == caller, or
+  the owner is an API token of the calling user);
+* nothing of these: 403.
+
+Reading a snapshot (opening a reader) needs ``Datastore.Read``, or
+``Datastore.Backup`` plus ownership of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from .. import protocol
+from ..access import Privilege, datastore_acl_path
+from ..config.datastores import DatastoreConfig, list_datastores
+from ..datastore import blob
+from ..datastore.datastore import Datastore
+from ..datastore.index import decode_index
+from ..datastore.manifest import MANIFEST_NAME, Manifest
+from ..errors import InvalidInput, InvalidName, NotFound, PermissionDenied, StorageError
+from ..names import (
+    MAX_NAMESPACE_DEPTH,
+    AuthId,
+    BackupType,
+    GroupId,
+    Namespace,
+    SnapshotId,
+    check_archive_name,
+    check_digest,
+    parse_time,
+    safe_id,
+)
+from .common import OPTIONS, READERS, get_access, get_auth_id, ok, read_json
+from .keys import PATHS
+from .readers import ReaderSession
+
+log = logging.getLogger("asyncsync.server")
+P = Privilege
+_A = protocol.API_PREFIX
+#: a batch answer is read from disk in pieces of about this many bytes (one thread hop each)
+BATCH_PIECE_BYTES = 8 * 1024 * 1024
+#: small frames are coalesced into writes of about this size
+_WRITE_COALESCE = 256 * 1024
+
+
+_TYPES = frozenset(t.value for t in BackupType)
+#: privileges that make a namespace show up in a listing (PBS ``NS_PRIVS_OK``)
+_NS_PRIVS = frozenset({P.DATASTORE_AUDIT, P.DATASTORE_READ, P.DATASTORE_BACKUP, P.DATASTORE_MODIFY})
+
+
+class Visibility(Enum):
+    ALL = "all"
+    OWNED = "owned"
+
+
+def owns(owner: AuthId | None, auth_id: AuthId) -> bool:
+    """PBS's ownership rule: the owner is the caller, or an API token of the calling user."""
+    if owner is None:
+        return False
+    return owner == auth_id or (owner.is_token and not auth_id.is_token and owner.userid == auth_id)
+
+
+# ---- parameter parsing (400 before anything else) ---------------------------------------
+
+
+def _store_name(request: web.Request) -> str:
+    return safe_id(request.match_info["store"], "datastore name")
+
+
+def _ns(value: Any, field: str = "ns") -> Namespace:
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput("must be a string", field=field)
+    try:
+        return Namespace.parse(value)
+    except InvalidName as exc:
+        raise InvalidName(exc.message, field=field) from None
+
+
+def _group(params: Any, *, required: bool) -> GroupId | None:
+    btype, bid = params.get("backup-type"), params.get("backup-id")
+    if btype is None and bid is None and not required:
+        return None
+    if not isinstance(btype, str) or not isinstance(bid, str):
+        raise InvalidInput("backup-type and backup-id must be given together")
+    try:
+        return GroupId(BackupType.parse(btype), bid)
+    except InvalidName as exc:
+        raise InvalidName(exc.message, field="backup-id" if btype in _TYPES else "backup-type") from None
+
+
+def _snapshot(params: Any) -> SnapshotId:
+    group = _group(params, required=True)
+    assert group is not None
+    raw = params.get("backup-time")
+    try:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            t = raw
+        elif isinstance(raw, str) and raw.isdigit():
+            t = int(raw)
+        elif isinstance(raw, str):
+            t = parse_time(raw)
+        else:
+            raise InvalidInput("backup-time is required", field="backup-time")
+        return SnapshotId(group, t)
+    except InvalidName as exc:
+        raise InvalidName(exc.message, field="backup-time") from None
+
+
+def _max_depth(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) > MAX_NAMESPACE_DEPTH:
+        raise InvalidInput(f"must be an integer from 0 to {MAX_NAMESPACE_DEPTH}", field="max-depth")
+    return int(value)
+
+
+# ---- privileges ----------------------------------------------------------------------------
+
+
+def _visibility(request: web.Request, store: str, ns: Namespace) -> tuple[AuthId, Visibility]:
+    auth_id = get_auth_id(request)
+    privs = get_access(request).privileges(auth_id, datastore_acl_path(store, ns))
+    if P.DATASTORE_AUDIT in privs or P.DATASTORE_READ in privs:
+        return auth_id, Visibility.ALL
+    if P.DATASTORE_BACKUP in privs:
+        return auth_id, Visibility.OWNED
+    raise PermissionDenied(f"no permission on datastore {store}" + (f" namespace {ns}" if ns.parts else ""))
+
+
+# ---- blocking parts (run in worker threads) --------------------------------------------------
+
+
+class ServerConfigError(StorageError):
+    """The server's configuration is broken (see the server log)."""
+
+
+def _configs(request: web.Request) -> list[DatastoreConfig]:
+    """Every configured datastore; a broken ``datastore.cfg`` is a server error, not a bad request."""
+    try:
+        return list_datastores(request.app[PATHS])
+    except InvalidInput as exc:
+        log.error("datastore.cfg: %s", exc)
+        raise ServerConfigError() from exc
+
+
+def _open(request: web.Request, store: str) -> Datastore:
+    cfg = next((c for c in _configs(request) if c.name == store), None)
+    if cfg is None:
+        raise NotFound(f"datastore {store!r} is not configured")
+    try:
+        return cfg.open()
+    except NotFound:
+        # the configured folder is gone: say so without naming the local path
+        raise NotFound(f"datastore {store} is not available") from None
+
+
+def _snapshot_times(ds: Datastore, ns: Namespace, group: GroupId) -> list[int]:
+    """Times of the group's committed snapshots (cheap: no manifest is decoded)."""
+    base = ds.group_path(ns, group)
+    out = []
+    try:
+        names = [e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+    for name in names:
+        try:
+            snap = SnapshotId(group, parse_time(name))
+        except InvalidName:
+            continue
+        if snap.time_str == name and (base / name / MANIFEST_NAME).is_file():
+            out.append(snap.time)
+    return sorted(out)
+
+
+def _owner(ds: Datastore, ns: Namespace, group: GroupId) -> AuthId | None:
+    try:
+        return ds.get_owner(ns, group)
+    except (InvalidName, OSError):
+        return None
+
+
+def _groups_blocking(ds: Datastore, ns: Namespace, only_for: AuthId | None) -> list[protocol.GroupItem]:
+    if not ds.namespace_exists(ns):
+        raise NotFound(f"namespace {ns} does not exist")
+    out = []
+    for g in ds.list_groups(ns):
+        owner = _owner(ds, ns, g)
+        if only_for is not None and not owns(owner, only_for):
+            continue
+        times = _snapshot_times(ds, ns, g)
+        if times:
+            out.append(protocol.GroupItem(g, owner, len(times), times[-1]))
+    return out
+
+
+def _snapshots_blocking(
+    ds: Datastore, ns: Namespace, group: GroupId | None, only_for: AuthId | None
+) -> list[protocol.SnapshotItem]:
+    if not ds.namespace_exists(ns):
+        raise NotFound(f"namespace {ns} does not exist")
+    groups = [group] if group is not None else ds.list_groups(ns)
+    out = []
+    for g in groups:
+        owner = _owner(ds, ns, g)
+        if only_for is not None and not owns(owner, only_for):
+            if group is not None:
+                raise PermissionDenied(f"no permission on backup group {g}")
+            continue
+        for info in ds.list_snapshots(ns, g):
+            out.append(
+                protocol.SnapshotItem(
+                    info.snapshot,
+                    tuple(info.files),
+                    info.size,
+                    info.protected,
+                    info.verify_state,
+                    owner,
+                    info.comment,
+                )
+            )
+    if group is not None and not out and not ds.group_path(ns, group).is_dir():
+        raise NotFound(f"backup group {group} not found")
+    return out
+
+
+def _open_reader_blocking(ds: Datastore, ns: Namespace, snap: SnapshotId, only_for: AuthId | None) -> None:
+    if only_for is not None and not owns(_owner(ds, ns, snap.group), only_for):
+        raise PermissionDenied(f"no permission on backup group {snap.group}")
+    if not ds.snapshot_exists(ns, snap):
+        raise NotFound(f"snapshot {snap} not found")
+
+
+@dataclass(frozen=True, slots=True)
+class _FilePlan:
+    data: bytes | None  # bytes to send (manifest, index), or None: send ``path``
+    path: Path
+    digests: Sequence[bytes]
+
+
+def _file_blocking(session: ReaderSession, name: str) -> _FilePlan:
+    ds, ns, snap = session.store, session.ns, session.snapshot
+    folder = ds.snapshot_path(ns, snap)
+    try:
+        raw_manifest = (folder / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"snapshot {snap} not found (removed?)") from None
+    if name == MANIFEST_NAME:
+        return _FilePlan(raw_manifest, folder / name, ())
+    manifest = Manifest.decode(raw_manifest)
+    if manifest.file(name) is None:
+        raise NotFound(f"file {name} not found in snapshot {snap}")
+    path = folder / name
+    if name.endswith(".blob"):
+        if not path.is_file():
+            raise NotFound(f"file {name} not found in snapshot {snap}")
+        return _FilePlan(None, path, ())
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"file {name} not found in snapshot {snap}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {name} of snapshot {snap}") from exc
+    return _FilePlan(data, path, decode_index(data).digests)
+
+
+def _read_piece(ds: Datastore, digests: Sequence[str]) -> list[bytes | None]:
+    """Blob bytes of ``digests`` (None for a missing chunk), in order."""
+    out: list[bytes | None] = []
+    for d in digests:
+        try:
+            data = ds.chunks.path(d).read_bytes()
+        except FileNotFoundError:
+            out.append(None)
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot read chunk {d}") from exc
+        out.append(data if blob.encoded_size_ok(len(data)) else None)
+    return out
+
+
+def _pieces(ds: Datastore, digests: Sequence[str], target: int) -> list[list[str]]:
+    """Split ``digests`` into pieces of about ``target`` bytes (by file size)."""
+    pieces: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for d in digests:
+        try:
+            n = ds.chunks.path(d).stat().st_size
+        except OSError:
+            n = 0
+        if current and size + n > target:
+            pieces.append(current)
+            current, size = [], 0
+        current.append(d)
+        size += n
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+# ---- handlers --------------------------------------------------------------------------------
+
+
+async def list_stores(request: web.Request) -> web.Response:
+    """``GET /admin/datastore``: the datastores the caller has any privilege on."""
+    auth_id = get_auth_id(request)
+    access = get_access(request)
+    configs = await asyncio.to_thread(_configs, request)
+    return ok(
+        [
+            {"store": c.name, "comment": c.comment}
+            for c in sorted(configs, key=lambda c: c.name)
+            if access.has_any_below(auth_id, f"/datastore/{c.name}")
+        ]
+    )
+
+
+async def list_namespaces(request: web.Request) -> web.Response:
+    """``GET .../namespace?parent=&max-depth=``: namespaces where the caller has a datastore privilege.
+
+    As in PBS, a namespace is listed if the caller has Audit, Read, Backup or
+    Modify on it (directly or inherited); asking below a parent under which the
+    caller has nothing at all is refused (403).
+    """
+    store = _store_name(request)
+    parent = _ns(request.query.get("parent"), "parent")
+    depth = _max_depth(request.query.get("max-depth"))
+    auth_id = get_auth_id(request)
+    access = get_access(request)
+    if not access.has_any_below(auth_id, datastore_acl_path(store, parent)):
+        raise PermissionDenied(f"no permission on datastore {store}")
+
+    def work() -> list[Namespace]:
+        return _open(request, store).list_namespaces(parent, depth)
+
+    found = await asyncio.to_thread(work)
+    return ok(
+        [
+            protocol.ns_to_json(ns)
+            for ns in found
+            if access.privileges(auth_id, datastore_acl_path(store, ns)) & _NS_PRIVS
+        ]
+    )
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    """``GET .../groups?ns=``: the groups the caller may see."""
+    store = _store_name(request)
+    ns = _ns(request.query.get("ns"))
+    auth_id, vis = _visibility(request, store, ns)
+    only_for = auth_id if vis is Visibility.OWNED else None
+    items = await asyncio.to_thread(lambda: _groups_blocking(_open(request, store), ns, only_for))
+    return ok([g.to_json() for g in items])
+
+
+async def list_snapshots(request: web.Request) -> web.Response:
+    """``GET .../snapshots?ns=&backup-type=&backup-id=``: the snapshots the caller may see."""
+    store = _store_name(request)
+    ns = _ns(request.query.get("ns"))
+    group = _group(request.query, required=False)
+    auth_id, vis = _visibility(request, store, ns)
+    only_for = auth_id if vis is Visibility.OWNED else None
+    items = await asyncio.to_thread(lambda: _snapshots_blocking(_open(request, store), ns, group, only_for))
+    return ok([s.to_json() for s in items])
+
+
+async def open_reader(request: web.Request) -> web.Response:
+    """``POST .../reader`` with ``ns``, ``backup-type``, ``backup-id``, ``backup-time``."""
+    store = _store_name(request)
+    body = await read_json(request)
+    ns = _ns(body.get("ns"))
+    snap = _snapshot(body)
+    auth_id = get_auth_id(request)
+    privs = get_access(request).privileges(auth_id, datastore_acl_path(store, ns))
+    if P.DATASTORE_READ in privs:
+        only_for = None
+    elif P.DATASTORE_BACKUP in privs:
+        only_for = auth_id
+    else:
+        raise PermissionDenied(f"no permission to read from datastore {store}")
+
+    def work() -> Datastore:
+        ds = _open(request, store)
+        _open_reader_blocking(ds, ns, snap, only_for)
+        return ds
+
+    ds = await asyncio.to_thread(work)
+    session = request.app[READERS].open(auth_id, ds, ns, snap)
+    return ok({"reader": session.id})
+
+
+async def close_reader(request: web.Request) -> web.Response:
+    """``DELETE .../reader/{reader}``."""
+    store = _store_name(request)
+    request.app[READERS].close(request.match_info["reader"], get_auth_id(request), store)
+    return ok(None)
+
+
+def _session(request: web.Request, store: str) -> ReaderSession:
+    return request.app[READERS].get(request.match_info["reader"], get_auth_id(request), store)
+
+
+class _SentFileResponse(web.FileResponse):
+    """A file response the handler sends itself (under the write timeout).
+
+    aiohttp calls ``prepare`` again after the handler returns; for this class
+    that second call is a no-op.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
+async def _send_file(request: web.Request, path: Path) -> web.StreamResponse:
+    """Send a file with sendfile (plain HTTP) or one read per file (TLS), within the write timeout."""
+    resp = _SentFileResponse(path, chunk_size=blob.MAX_BLOB_SIZE)
+    resp.content_type = "application/octet-stream"
+    async with asyncio.timeout(request.app[OPTIONS].write_timeout):
+        await resp.prepare(request)
+    return resp
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    """``GET .../reader/{reader}/file/{name}``: the manifest, an index (registers its digests) or a blob."""
+    store = _store_name(request)
+    name = request.match_info["name"]
+    if name != MANIFEST_NAME:
+        check_archive_name(name)
+    session = _session(request, store)
+    plan = await asyncio.to_thread(_file_blocking, session, name)
+    if plan.digests:
+        request.app[READERS].register(session, name, plan.digests)
+    if plan.data is None:
+        return await _send_file(request, plan.path)
+    return web.Response(body=plan.data, content_type="application/octet-stream")
+
+
+async def fetch_chunk(request: web.Request) -> web.StreamResponse:
+    """``GET .../reader/{reader}/chunk/{digest}``: one chunk blob, if an index of the session lists it."""
+    store = _store_name(request)
+    digest = check_digest(request.match_info["digest"])
+    session = _session(request, store)
+    if not session.allows(digest):
+        raise PermissionDenied(f"chunk {digest} is not referenced by an index of this reader session")
+    path = session.store.chunks.path(digest)
+    exists = await asyncio.to_thread(path.is_file)
+    if not exists:
+        raise NotFound(f"chunk {digest} not found")
+    return await _send_file(request, path)
+
+
+async def fetch_chunks(request: web.Request) -> web.StreamResponse:
+    """``POST .../reader/{reader}/chunks`` with ``{"digests": [...]}``: a framed stream of blobs."""
+    store = _store_name(request)
+    opts = request.app[OPTIONS]
+    body = await read_json(request)
+    digests = body.get("digests")
+    if not isinstance(digests, list) or not digests:
+        raise InvalidInput("must be a non-empty list", field="digests")
+    if len(digests) > opts.max_batch_digests:
+        raise InvalidInput(f"at most {opts.max_batch_digests} digests per request", field="digests")
+    for d in digests:
+        if not isinstance(d, str):
+            raise InvalidInput("must be a list of strings", field="digests")
+        check_digest(d)
+    session = _session(request, store)
+    for d in digests:
+        if not session.allows(d):
+            raise PermissionDenied(f"chunk {d} is not referenced by an index of this reader session")
+    ds = session.store
+    pieces = await asyncio.to_thread(_pieces, ds, digests, BATCH_PIECE_BYTES)
+
+    resp = web.StreamResponse(headers={"Content-Type": protocol.CHUNKS_CONTENT_TYPE})
+    timeout = opts.write_timeout
+
+    async def write(data: bytes) -> None:
+        async with asyncio.timeout(timeout):
+            await resp.write(data)
+
+    async with asyncio.TaskGroup() as tg:
+        # read the next piece while the current one is written: one piece of read-ahead
+        pending = tg.create_task(asyncio.to_thread(_read_piece, ds, pieces[0]))
+        await resp.prepare(request)
+        for i, piece in enumerate(pieces):
+            blobs = await pending
+            if i + 1 < len(pieces):
+                pending = tg.create_task(asyncio.to_thread(_read_piece, ds, pieces[i + 1]))
+            buf = bytearray()
+            for d, data in zip(piece, blobs, strict=True):
+                raw = bytes.fromhex(d)
+                if data is None:
+                    buf += protocol.FRAME_HEADER.pack(raw, protocol.FRAME_MISSING)
+                    continue
+                buf += protocol.FRAME_HEADER.pack(raw, len(data))
+                if len(data) < _WRITE_COALESCE:
+                    buf += data
+                else:
+                    await write(bytes(buf))
+                    buf.clear()
+                    await write(data)
+                if len(buf) >= _WRITE_COALESCE:
+                    await write(bytes(buf))
+                    buf.clear()
+            if buf:
+                await write(bytes(buf))
+    await resp.write_eof()
+    return resp
+
+
+def setup(app: web.Application) -> None:
+    base = _A + "/admin/datastore"
+    r = app.router
+    r.add_get(_A + protocol.p_datastores(), list_stores)
+    r.add_get(base + "/{store}/namespace", list_namespaces)
+    r.add_get(base + "/{store}/groups", list_groups)
+    r.add_get(base + "/{store}/snapshots", list_snapshots)
+    r.add_post(base + "/{store}/reader", open_reader)
+    r.add_delete(base + "/{store}/reader/{reader}", close_reader)
+    r.add_get(base + "/{store}/reader/{reader}/file/{name}", download_file)
+    r.add_get(base + "/{store}/reader/{reader}/chunk/{digest}", fetch_chunk)
+    r.add_post(base + "/{store}/reader/{reader}/chunks", fetch_chunks)
+
+
+__all__ = ["owns", "setup"]
