@@ -12,6 +12,9 @@ from .datastore.datastore import Datastore, SnapshotInfo, SnapshotWriter
 from .datastore.manifest import FileEntry, Manifest
 from .errors import AsyncSyncError
 from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId
+from .sync.pull import PullOptions, pull
+from .sync.report import PullProgress, PullReport
+from .sync.source import HttpSource, LocalSource, Source
 
 __all__ = [
     "AsyncSyncError",
@@ -21,11 +24,18 @@ __all__ = [
     "Datastore",
     "FileEntry",
     "GroupId",
+    "HttpSource",
+    "LocalSource",
     "Manifest",
     "Namespace",
+    "PullOptions",
+    "PullProgress",
+    "PullReport",
     "SnapshotId",
     "SnapshotInfo",
     "SnapshotWriter",
+    "Source",
     "SyncLevel",
     "__version__",
+    "pull",
 ]

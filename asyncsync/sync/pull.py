@@ -1,0 +1,683 @@
+"""The pull engine: one function, :func:`pull`, for the CLI, sync jobs and library callers.
+
+Pipeline (see ``docs/architecture.md`` for the why)::
+
+    clean stale temp files of dead writers
+    list remote namespaces under remote-ns → map under ns (refuse too-deep trees
+      before any transfer) → create missing local namespaces
+    list groups per namespace → group filter
+    group workers (group-workers at a time), per group:
+      take the group lock (a second pull of the same group refuses)
+      owner: a new group gets the job owner; another owner → skipped, reported
+      list snapshots → choose (skip unfinished; newer than the newest local one
+        plus a re-sync of that one; transfer-last; verified-only)
+      per snapshot: open reader → manifest (checked: same snapshot; an unchanged
+        re-sync stops here) → each file (csum from the manifest; indexes decoded)
+        → chunks to fetch: all referenced digests except those a local snapshot
+        of the same owner already references and that are present
+        → shared fetch pool (dedup, batching, rate limit, verify, temp+rename)
+        → all chunks durable → write files + manifest into a hidden folder,
+          sync, rename (the local .protected marker survives)
+      remove-vanished snapshots of the group (protected ones stay)
+    remove-vanished groups and namespaces in scope (not after errors)
+    → PullReport
+
+Per-group failures are recorded in the report and the other groups carry on;
+:meth:`PullReport.raise_for_errors` raises :class:`PartialFailure`. Job-level
+failures (bad options, the remote unreachable or refusing the listing, a tree
+too deep) raise before anything is transferred. Cancelling the task at any
+point leaves the store consistent: a snapshot appears whole or not at all, and
+no temp file survives (chunk writes and snapshot commits are single thread
+hops that finish or clean up; the temp folder of a killed process is removed
+by the next run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..datastore import blob as blobcodec
+from ..datastore.datastore import Datastore, FileLock
+from ..datastore.index import decode_index
+from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
+from ..errors import (
+    AsyncSyncError,
+    Conflict,
+    CorruptBlob,
+    CorruptIndex,
+    CorruptManifest,
+    IntegrityError,
+    InvalidInput,
+    Locked,
+    StorageError,
+)
+from ..names import ROOT_AUTH_ID, ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
+from ..protocol import GroupItem, SnapshotItem
+from ..units import format_rate, format_size
+from .fetch import FetchPool
+from .groupfilter import GroupFilters
+from .journal import ResumeJournal
+from .nsmap import NamespaceMap
+from .plan import choose_snapshots, vanished_snapshots
+from .ratelimit import Clock, RateLimiter
+from .report import GroupResult, GroupStatus, LogCallback, ProgressCallback, PullProgress, PullReport
+from .source import LocalSource, SnapshotSource, Source
+from .threads import run_write
+
+if TYPE_CHECKING:
+    from ..config.syncjobs import SyncJobConfig
+
+logger = logging.getLogger("asyncsync.sync")
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PullOptions:
+    """What to pull and how. Every limit is explicit; defaults suit a 2-core machine.
+
+    ``rate_in``/``burst_in`` are bytes per second / bucket bytes (``None`` = no
+    limit; burst defaults to the rate). ``clock`` drives the rate limiter (tests).
+    """
+
+    ns: Namespace = ROOT_NS
+    remote_ns: Namespace = ROOT_NS
+    max_depth: int | None = None
+    group_filter: GroupFilters = field(default_factory=GroupFilters)
+    remove_vanished: bool = False
+    owner: AuthId = ROOT_AUTH_ID
+    transfer_last: int | None = None
+    verified_only: bool = False
+    rate_in: int | None = None
+    burst_in: int | None = None
+    group_workers: int = 2
+    fetch_workers: int = 8
+    max_inflight: int = 64 * MiB
+    batch_bytes: int = 4 * MiB
+    batch_chunks: int = 64
+    retries: int = 3
+    clean_temp: bool = True
+    clock: Clock | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: int | None, *, allow_none: bool = False) -> None:
+            if value is None and allow_none:
+                return
+            if value is None or value < 1:
+                raise InvalidInput(f"must be a positive number, not {value!r}", field=name)
+
+        positive("transfer-last", self.transfer_last, allow_none=True)
+        positive("rate-in", self.rate_in, allow_none=True)
+        positive("burst-in", self.burst_in, allow_none=True)
+        positive("group-workers", self.group_workers)
+        positive("fetch-workers", self.fetch_workers)
+        positive("max-inflight", self.max_inflight)
+        positive("batch-bytes", self.batch_bytes)
+        positive("batch-chunks", self.batch_chunks)
+        if self.burst_in is not None and self.rate_in is None:
+            raise InvalidInput("needs rate-in", field="burst-in")
+        if self.retries < 0:
+            raise InvalidInput("must not be negative", field="retries")
+        if self.max_inflight < blobcodec.MAX_CHUNK_SIZE:
+            raise InvalidInput(
+                f"must be at least {format_size(blobcodec.MAX_CHUNK_SIZE)} (one largest chunk)",
+                field="max-inflight",
+            )
+        self.namespace_map()  # refuses a static depth overflow at construction
+
+    @classmethod
+    def from_job(cls, job: SyncJobConfig, **overrides: Any) -> PullOptions:
+        """The options of a configured sync job (``overrides`` replace single fields)."""
+        values: dict[str, Any] = {
+            "ns": job.ns,
+            "remote_ns": job.remote_ns,
+            "max_depth": job.max_depth,
+            "group_filter": job.group_filter,
+            "remove_vanished": job.remove_vanished,
+            "owner": job.owner,
+            "transfer_last": job.transfer_last,
+            "verified_only": job.verified_only,
+            "rate_in": job.rate_in,
+            "burst_in": job.burst_in,
+            "group_workers": job.group_workers,
+            "fetch_workers": job.fetch_workers,
+            "max_inflight": job.max_inflight,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def namespace_map(self) -> NamespaceMap:
+        return NamespaceMap(self.remote_ns, self.ns, self.max_depth)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ns": str(self.ns),
+            "remote-ns": str(self.remote_ns),
+            "max-depth": self.max_depth,
+            "group-filter": [str(f) for f in self.group_filter.filters],
+            "remove-vanished": self.remove_vanished,
+            "owner": str(self.owner),
+            "transfer-last": self.transfer_last,
+            "verified-only": self.verified_only,
+            "rate-in": self.rate_in,
+            "burst-in": self.burst_in,
+        }
+
+
+# ---- blocking helpers (each called in one thread hop) ------------------------------
+
+
+def _check_file(entry: FileEntry, data: bytes) -> list[tuple[str, int]]:
+    """Check one downloaded file against its manifest entry; return the chunks of an index."""
+    actual = blobcodec.digest_of(data)
+    if actual != entry.csum:
+        raise IntegrityError(f"file {entry.filename}: checksum {actual} does not match the manifest")
+    if entry.filename.endswith((".fidx", ".didx")):
+        index = decode_index(data)
+        if index.total_size != entry.size:
+            raise CorruptIndex(
+                f"index {entry.filename} describes {index.total_size} bytes, the manifest says {entry.size}"
+            )
+        seen: set[bytes] = set()
+        out: list[tuple[str, int]] = []
+        for digest, size in index.chunk_sizes():
+            if digest not in seen:
+                seen.add(digest)
+                out.append((digest.hex(), size))
+        return out
+    content = blobcodec.decode(data)  # a .blob: CRC and bounded decompression
+    if len(content) != entry.size:
+        raise CorruptBlob(f"blob {entry.filename} holds {len(content)} bytes, the manifest says {entry.size}")
+    return []
+
+
+def _present_and_touch(store: Datastore, digests: Sequence[str]) -> set[str]:
+    """Those of ``digests`` present in the chunk store; their mtime is refreshed so that
+    a garbage collection running concurrently keeps them (as Proxmox does)."""
+    out = set()
+    for d in digests:
+        if store.chunks.exists(d):
+            store.chunks.touch(d)
+            out.add(d)
+    return out
+
+
+def _trusted_digests(store: Datastore, owner: AuthId) -> set[bytes]:
+    """Chunks the newest local snapshot of every group owned by ``owner`` references.
+
+    A chunk in this set may be reused without download: the job owner can read
+    those snapshots already, so a remote that lists such a digest learns nothing
+    and gains nothing (the forged-reference attack Proxmox guards against needs a
+    chunk the owner could not read). Newest snapshot only: that bounds the work to
+    one snapshot per group while still covering the previous snapshot of the
+    group (Proxmox's rule) and chunks shared between groups (cloned VMs).
+    """
+    out: set[bytes] = set()
+    for ns in store.list_namespaces():
+        for g in store.list_groups(ns):
+            if store.get_owner(ns, g) != owner:
+                continue
+            snaps = store.list_snapshots(ns, g)
+            if not snaps:
+                continue
+            with contextlib.suppress(AsyncSyncError, OSError):
+                manifest = store.load_manifest(ns, snaps[-1].snapshot)
+                for f in manifest.files:
+                    if f.filename.endswith((".fidx", ".didx")):
+                        out.update(store.load_index(ns, snaps[-1].snapshot, f.filename).digests)
+    return out
+
+
+def _write_snapshot(
+    store: Datastore,
+    ns: Namespace,
+    snap: SnapshotId,
+    files: list[tuple[FileEntry, bytes]],
+    manifest: Manifest,
+) -> None:
+    with store.begin_snapshot(ns, snap) as writer:
+        for entry, data in files:
+            writer.add_file(entry.filename, data, size=entry.size)
+        writer.commit(manifest=manifest)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _create_namespaces(store: Datastore, namespaces: Sequence[Namespace]) -> int:
+    created = 0
+    for ns in namespaces:
+        if store.create_namespace(ns, parents=True):
+            created += 1
+    return created
+
+
+def _remove_snapshots(store: Datastore, ns: Namespace, snaps: Sequence[SnapshotId]) -> int:
+    removed = 0
+    for s in snaps:
+        if store.is_protected(ns, s):
+            continue
+        store.remove_snapshot(ns, s)
+        removed += 1
+    return removed
+
+
+def _remove_group(store: Datastore, ns: Namespace, group: GroupId) -> tuple[int, bool]:
+    """Remove a vanished group's unprotected snapshots (and the group if none remain)."""
+    with store.group_lock(ns, group):
+        count = sum(1 for i in store.list_snapshots(ns, group) if not i.protected)
+        gone = store.remove_group(ns, group)
+    return count, gone
+
+
+def _local_groups(store: Datastore, ns: Namespace) -> list[tuple[GroupId, AuthId | None]]:
+    if not store.namespace_exists(ns):
+        return []
+    return [(g, store.get_owner(ns, g)) for g in store.list_groups(ns)]
+
+
+@dataclass(slots=True)
+class _NsPlan:
+    remote: Namespace
+    local: Namespace
+    groups: list[GroupItem] | None  # None: the listing failed
+
+
+class _PullRun:
+    """State of one pull; :func:`pull` is the public face."""
+
+    def __init__(
+        self,
+        source: Source,
+        target: Datastore,
+        options: PullOptions,
+        progress: ProgressCallback | None,
+        log: LogCallback | None,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.options = options
+        self._progress = progress
+        self._log_cb = log
+        self.report = PullReport(source=source.description, target=target.name, started=time.time())
+        self.limiter = (
+            RateLimiter(options.rate_in, options.burst_in, clock=options.clock) if options.rate_in else None
+        )
+        self.journal = ResumeJournal(target.root, options.owner)
+        self.pool = FetchPool(
+            target.chunks,
+            workers=options.fetch_workers,
+            max_inflight=options.max_inflight,
+            limiter=self.limiter,
+            batch_bytes=options.batch_bytes,
+            batch_chunks=options.batch_chunks,
+            retries=options.retries,
+            on_chunk=self._on_chunk,
+            on_queued=self._on_queued,
+            journal=self.journal.append,
+        )
+        self._t0 = time.monotonic()
+        self._trusted: set[bytes] | None = None
+        self._trusted_lock = asyncio.Lock()
+        self._logical_done = 0
+        self._logical_total = 0
+        self._current_group: str | None = None
+
+    # ---- reporting ----------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self._log_cb is not None:
+            self._log_cb(message)
+        else:
+            logger.info("%s", message)
+
+    def _emit(self) -> None:
+        if self._progress is None:
+            return
+        r = self.report
+        self._progress(
+            PullProgress(
+                bytes=r.bytes_downloaded,
+                chunks=r.chunks_downloaded,
+                chunks_reused=r.chunks_reused,
+                logical_bytes=self._logical_done,
+                total_logical_bytes=self._logical_total,
+                snapshots_synced=r.snapshots_synced,
+                current_group=self._current_group,
+                elapsed=time.monotonic() - self._t0,
+            )
+        )
+
+    def _on_chunk(self, wire: int, logical: int) -> None:
+        self.report.bytes_downloaded += wire
+        self.report.chunk_bytes += logical
+        self.report.chunks_downloaded += 1
+        self._logical_done += logical
+        self._emit()
+
+    def _on_queued(self, logical: int) -> None:
+        self._logical_total += logical
+
+    async def _received(self, nbytes: int) -> None:
+        """Account (and rate-limit) a downloaded file."""
+        self.report.bytes_downloaded += nbytes
+        if self.limiter is not None:
+            await self.limiter.acquire(nbytes)
+
+    # ---- the run ------------------------------------------------------------
+
+    async def run(self) -> PullReport:
+        try:
+            report = await self._run()
+        finally:
+            await run_write(self.journal.close)
+        if report.ok:
+            await run_write(self.journal.clear)
+        return report
+
+    async def _run(self) -> PullReport:
+        opts = self.options
+        nsmap = opts.namespace_map()
+        if isinstance(self.source, LocalSource):
+            same = await asyncio.to_thread(_same_folder, self.source.store.root, self.target.root)
+            if same and (nsmap.in_scope(opts.ns) or nsmap.local_in_scope(opts.remote_ns)):
+                raise InvalidInput(
+                    f"source and target are the same datastore with overlapping namespaces "
+                    f"({opts.remote_ns!s} and {opts.ns!s})",
+                    field="ns",
+                )
+        if opts.clean_temp:
+            await run_write(self.target.cleanup_temp)
+        remote_nss = await self.source.list_namespaces(opts.remote_ns, opts.max_depth)
+        pairs = nsmap.map_all(remote_nss)  # raises before any transfer if a namespace does not fit
+        if not any(r == opts.remote_ns for r, _ in pairs):
+            pairs.insert(0, (opts.remote_ns, nsmap.map(opts.remote_ns)))
+        self.report.namespaces_created = await run_write(
+            _create_namespaces, self.target, [local for _, local in pairs]
+        )
+        plans: list[_NsPlan] = []
+        for remote, local in pairs:
+            try:
+                groups: list[GroupItem] | None = await self.source.list_groups(remote)
+            except AsyncSyncError as exc:
+                self.report.errors.append(f"namespace {remote!s}: cannot list groups: {exc}")
+                self._log(f"namespace {remote!s}: cannot list groups: {exc}")
+                groups = None
+            plans.append(_NsPlan(remote, local, groups))
+
+        work = [
+            (p.remote, p.local, g)
+            for p in plans
+            for g in sorted(p.groups or [], key=lambda g: g.group)
+            if opts.group_filter.matches(g.group)
+        ]
+        todo = iter(work)
+
+        async def group_worker() -> None:
+            for remote, local, item in todo:
+                await self._pull_group(remote, local, item.group)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.pool.run())
+                try:
+                    async with asyncio.TaskGroup() as groups_tg:
+                        for _ in range(min(opts.group_workers, max(1, len(work)))):
+                            groups_tg.create_task(group_worker())
+                finally:
+                    self.pool.close()
+        except BaseExceptionGroup as eg:
+            # only a bug gets here (groups and batches catch their own errors): unwrap one
+            leaves = eg.exceptions
+            if len(leaves) == 1 and not isinstance(leaves[0], BaseExceptionGroup):
+                raise leaves[0] from None
+            raise
+
+        if opts.remove_vanished:
+            await self._remove_vanished(nsmap, plans)
+        self.report.duration = time.monotonic() - self._t0
+        self._current_group = None
+        self._emit()
+        return self.report
+
+    # ---- groups -------------------------------------------------------------
+
+    async def _pull_group(self, remote_ns: Namespace, local_ns: Namespace, group: GroupId) -> None:
+        res = GroupResult(remote_ns, group, local_ns)
+        self.report.groups.append(res)
+        self._current_group = res.label
+        self._emit()
+        try:
+            lock = await _acquire_group_lock(self.target, local_ns, group)
+        except Locked as exc:
+            res.status = GroupStatus.LOCKED
+            res.error = f"{exc} (another pull or backup of this group is running)"
+            self._log(f"group {res.label}: skipped: {res.error}")
+            return
+        except (AsyncSyncError, OSError) as exc:
+            res.status, res.error = GroupStatus.FAILED, _describe(exc)
+            self._log(f"group {res.label}: failed: {res.error}")
+            return
+        try:
+            owner = await run_write(self.target.ensure_group, local_ns, group, self.options.owner)
+            if owner != self.options.owner:
+                res.status = GroupStatus.OWNER_CONFLICT
+                res.error = f"owned by {owner}, not by the job owner {self.options.owner}: not touched"
+                self._log(f"group {res.label}: skipped: {res.error}")
+                return
+            await self._sync_group(res)
+        except (AsyncSyncError, OSError) as exc:
+            res.status, res.error = GroupStatus.FAILED, _describe(exc)
+            self._log(f"group {res.label}: failed: {res.error}")
+        else:
+            if res.snapshots_synced or res.removed_snapshots:
+                self._log(
+                    f"group {res.label}: {res.snapshots_synced} snapshots synced, "
+                    f"{format_size(res.bytes)} downloaded"
+                    + (
+                        f", {res.removed_snapshots} vanished snapshots removed"
+                        if res.removed_snapshots
+                        else ""
+                    )
+                )
+        finally:
+            lock.release()
+
+    async def _sync_group(self, res: GroupResult) -> None:
+        remote_snaps = await self.source.list_snapshots(res.ns, res.group)
+        for item in remote_snaps:
+            if item.snapshot.group != res.group:
+                raise InvalidInput(f"remote listed snapshot {item.snapshot} for group {res.group}")
+        local = await asyncio.to_thread(self.target.list_snapshots, res.local_ns, res.group)
+        local_times = {i.snapshot.time for i in local}
+        chosen = choose_snapshots(
+            remote_snaps,
+            local_times,
+            transfer_last=self.options.transfer_last,
+            verified_only=self.options.verified_only,
+        )
+        for item in chosen:
+            await self._pull_snapshot(res, item, item.snapshot.time in local_times)
+        if self.options.remove_vanished:
+            gone = vanished_snapshots(remote_snaps, [i.snapshot for i in local])
+            if gone:
+                n = await run_write(_remove_snapshots, self.target, res.local_ns, gone)
+                res.removed_snapshots += n
+                self.report.removed_snapshots += n
+
+    # ---- snapshots ----------------------------------------------------------
+
+    async def _trusted_set(self) -> set[bytes]:
+        async with self._trusted_lock:
+            if self._trusted is None:
+                trusted = await asyncio.to_thread(_trusted_digests, self.target, self.options.owner)
+                trusted |= await asyncio.to_thread(self.journal.load)
+                self._trusted = trusted
+            return self._trusted
+
+    async def _plan_chunks(self, needed: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
+        """(chunks to fetch, number reused locally). Only trusted local chunks are reused."""
+        trusted = await self._trusted_set()
+        candidates = [d for d, _ in needed if bytes.fromhex(d) in trusted and not self.pool.is_done(d)]
+        present = await run_write(_present_and_touch, self.target, candidates) if candidates else set()
+        return [(d, s) for d, s in needed if d not in present], len(present)
+
+    async def _pull_snapshot(self, res: GroupResult, item: SnapshotItem, exists_locally: bool) -> None:
+        snap = item.snapshot
+        label = f"{res.local_ns}:{snap}" if res.local_ns.parts else str(snap)
+        t0 = time.monotonic()
+        reader: SnapshotSource = await self.source.open_reader(res.ns, snap)
+        try:
+            raw = await reader.download(MANIFEST_NAME)
+            await self._received(len(raw))
+            if len(raw) > blobcodec.MAX_CHUNK_SIZE:
+                raise CorruptManifest(f"manifest of {snap} is too large")
+            manifest = await asyncio.to_thread(Manifest.decode, raw)
+            if manifest.snapshot != snap:
+                raise CorruptManifest(f"manifest of {snap} describes {manifest.snapshot}")
+            if exists_locally:
+                local = await asyncio.to_thread(self.target.load_manifest, res.local_ns, snap)
+                if local.to_json() == manifest.to_json():
+                    res.snapshots_unchanged += 1
+                    self.report.snapshots_unchanged += 1
+                    return
+            files: list[tuple[FileEntry, bytes]] = []
+            needed: list[tuple[str, int]] = []
+            file_bytes = len(raw)
+            for entry in manifest.files:
+                data = await reader.download(entry.filename)
+                await self._received(len(data))
+                file_bytes += len(data)
+                needed.extend(await asyncio.to_thread(_check_file, entry, data))
+                files.append((entry, data))
+            wanted, reused = await self._plan_chunks(needed)
+            self.report.chunks_reused += reused
+            outcome = await self.pool.fetch(reader, wanted)
+            self.report.chunks_reused += outcome.deduplicated
+            await run_write(_write_snapshot, self.target, res.local_ns, snap, files, manifest)
+        finally:
+            await reader.aclose()
+        res.snapshots_synced += 1
+        res.chunks += outcome.chunks
+        res.bytes += outcome.bytes + file_bytes
+        self.report.snapshots_synced += 1
+        elapsed = max(time.monotonic() - t0, 1e-6)
+        total = outcome.bytes + file_bytes
+        self._log(
+            f"{label}: downloaded {format_size(total)} ({format_rate(total / elapsed)}), "
+            f"{outcome.chunks} chunks new, {reused + outcome.deduplicated} reused"
+            + (" (re-sync)" if exists_locally else "")
+        )
+        self._emit()
+
+    # ---- remove-vanished ------------------------------------------------------
+
+    async def _remove_vanished(self, nsmap: NamespaceMap, plans: list[_NsPlan]) -> None:
+        opts = self.options
+        errors_before = bool(self.report.errors) or bool(self.report.failed_groups)
+        for p in plans:
+            if p.groups is None:
+                continue  # the listing failed: we cannot know what vanished
+            remote_groups = {g.group for g in p.groups}
+            local = await asyncio.to_thread(_local_groups, self.target, p.local)
+            for g, owner in local:
+                if g in remote_groups or owner != opts.owner or not opts.group_filter.matches(g):
+                    continue
+                await self._remove_local_group(p.local, g)
+        if errors_before:
+            # as Proxmox: namespaces are only removed after a run without errors
+            return
+        mapped = {p.local for p in plans}
+        local_nss = await asyncio.to_thread(self.target.list_namespaces, opts.ns, opts.max_depth)
+        vanished = sorted(
+            (ns for ns in local_nss if ns not in mapped and nsmap.local_in_scope(ns)),
+            key=lambda n: n.depth,
+            reverse=True,
+        )
+        for ns in vanished:
+            for g, owner in await asyncio.to_thread(_local_groups, self.target, ns):
+                if owner == opts.owner and opts.group_filter.matches(g):
+                    await self._remove_local_group(ns, g)
+            try:
+                await run_write(self.target.remove_namespace, ns)
+            except Conflict:
+                self._log(f"namespace {ns!s}: vanished but kept (it still holds groups)")
+                continue
+            except (AsyncSyncError, OSError) as exc:
+                self.report.errors.append(f"namespace {ns!s}: cannot remove: {_describe(exc)}")
+                continue
+            self.report.removed_namespaces += 1
+            self._log(f"namespace {ns!s}: vanished, removed")
+
+    async def _remove_local_group(self, ns: Namespace, group: GroupId) -> None:
+        label = f"{ns}:{group}" if ns.parts else str(group)
+        try:
+            n, gone = await run_write(_remove_group, self.target, ns, group)
+        except (AsyncSyncError, OSError) as exc:
+            self.report.errors.append(f"group {label}: cannot remove vanished group: {_describe(exc)}")
+            return
+        self.report.removed_snapshots += n
+        if gone:
+            self.report.removed_groups += 1
+            self._log(f"group {label}: vanished, removed")
+        else:
+            self._log(f"group {label}: vanished, kept (protected snapshots)")
+
+
+async def _acquire_group_lock(store: Datastore, ns: Namespace, group: GroupId) -> FileLock:
+    """Take a group lock in a thread; if we are cancelled meanwhile, the lock the thread
+    may still obtain is released as soon as it has it (a leaked flock would block
+    every later pull of the group in a long-running server)."""
+    fut = asyncio.get_running_loop().run_in_executor(None, lambda: store.group_lock(ns, group).acquire())
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+
+        def release(f: asyncio.Future[FileLock]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                f.result().release()
+
+        fut.add_done_callback(release)
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, AsyncSyncError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return str(StorageError(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")))
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def pull(
+    source: Source,
+    target: Datastore,
+    options: PullOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    log: LogCallback | None = None,
+) -> PullReport:
+    """Pull ``source`` (or the part ``options`` selects) into ``target``; return the report.
+
+    Raises for job-level failures before anything is transferred (invalid
+    options, a namespace tree that would exceed 7 levels, the source refusing
+    the namespace listing). A failing group is recorded in the report and the
+    others carry on: call :meth:`PullReport.raise_for_errors` to turn that into
+    :class:`~asyncsync.errors.PartialFailure`. ``progress`` receives a
+    :class:`PullProgress` after each chunk and snapshot; ``log`` receives one
+    line per snapshot and group (default: the ``asyncsync.sync`` logger).
+    Cancel the calling task at any time: the target stays consistent and a
+    later run resumes. The source is not closed.
+    """
+    return await _PullRun(source, target, options or PullOptions(), progress, log).run()
+
+
+__all__ = ["PullOptions", "pull"]

@@ -1,0 +1,288 @@
+"""Where a pull reads from: the :class:`Source` protocol and its two implementations.
+
+The engine (:mod:`asyncsync.sync.pull`) sees only this protocol, so a remote
+server (:class:`HttpSource`, over :class:`asyncsync.client.Client`) and another
+datastore on this machine (:class:`LocalSource`) go through the same code, and
+tests wrap either in a fault-injecting source.
+
+Contract of every source:
+
+* listings return validated value objects (names were checked at the boundary);
+* :meth:`Source.open_reader` opens one snapshot for reading. As on the server
+  (Proxmox's reader rule), a reader may only fetch chunks referenced by an index
+  it has already downloaded;
+* :meth:`SnapshotSource.download` returns a file's bytes *as stored* (no checks);
+* :meth:`SnapshotSource.fetch_chunks` yields ``(digest, blob)`` pairs in request
+  order, blobs **unverified**: the engine verifies every byte before writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..datastore.datastore import Datastore
+from ..datastore.index import decode_index
+from ..errors import CorruptIndex, NotFound, PermissionDenied
+from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
+from ..protocol import GroupItem, SnapshotItem
+
+if TYPE_CHECKING:
+    from ..client import Client, ReaderSession
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """One open snapshot of a source."""
+
+    async def download(self, name: str) -> bytes:
+        """The raw bytes of one file of the snapshot (manifest, index, blob)."""
+        ...
+
+    def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield ``(digest, blob)`` for each digest, in order; blobs are not verified."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A datastore to pull from."""
+
+    @property
+    def description(self) -> str:
+        """Where this source is, for logs (``remote pbs2, store main``)."""
+        ...
+
+    async def list_namespaces(self, anchor: Namespace, max_depth: int | None) -> list[Namespace]:
+        """``anchor`` and the namespaces below it, down to ``max_depth`` levels."""
+        ...
+
+    async def list_groups(self, ns: Namespace) -> list[GroupItem]: ...
+
+    async def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
+        """All snapshots of a group, including unfinished ones (those with no files)."""
+        ...
+
+    async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource: ...
+
+    async def aclose(self) -> None: ...
+
+
+# ---- local datastore ----------------------------------------------------------
+
+
+class LocalSnapshotSource:
+    """Reads one snapshot of a local datastore; enforces the reader rule like the server."""
+
+    def __init__(self, store: Datastore, ns: Namespace, snap: SnapshotId) -> None:
+        self._store = store
+        self._ns = ns
+        self._snap = snap
+        self._allowed: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalSnapshotSource({self._store.name!r}, {self._snap!s}, allowed={len(self._allowed)})"
+
+    def _read(self, name: str) -> bytes:
+        data = self._store.read_file(self._ns, self._snap, name)
+        if name.endswith((".fidx", ".didx")):
+            # a corrupt index makes nothing fetchable; the engine reports it
+            with contextlib.suppress(CorruptIndex):
+                self._allowed.update(d.hex() for d in decode_index(data).digests)
+        return data
+
+    async def download(self, name: str) -> bytes:
+        return await asyncio.to_thread(self._read, name)
+
+    def _read_many(self, digests: Sequence[str]) -> list[bytes]:
+        out = []
+        for d in digests:
+            if d not in self._allowed:
+                raise PermissionDenied(f"chunk {d} is not referenced by a downloaded index")
+            out.append(self._store.chunks.read(d))
+        return out
+
+    async def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
+        # one thread hop per batch: batches are bounded in bytes by the caller
+        blobs = await asyncio.to_thread(self._read_many, list(digests))
+        for d, b in zip(digests, blobs, strict=True):
+            yield d, b
+
+    async def aclose(self) -> None:
+        self._allowed.clear()
+
+
+class LocalSource:
+    """Another datastore on this machine (local-to-local sync, tests, benchmarks)."""
+
+    def __init__(self, store: Datastore) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"LocalSource({self.store!r})"
+
+    @property
+    def description(self) -> str:
+        return f"local datastore {self.store.name}"
+
+    async def list_namespaces(self, anchor: Namespace, max_depth: int | None) -> list[Namespace]:
+        return await asyncio.to_thread(self.store.list_namespaces, anchor, max_depth)
+
+    def _groups(self, ns: Namespace) -> list[GroupItem]:
+        out = []
+        for g in self.store.list_groups(ns):
+            snaps = self.store.list_snapshots(ns, g)
+            out.append(
+                GroupItem(
+                    g, self.store.get_owner(ns, g), len(snaps), snaps[-1].snapshot.time if snaps else None
+                )
+            )
+        return out
+
+    async def list_groups(self, ns: Namespace) -> list[GroupItem]:
+        return await asyncio.to_thread(self._groups, ns)
+
+    def _snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
+        owner: AuthId | None = self.store.get_owner(ns, group)
+        return [
+            SnapshotItem(i.snapshot, tuple(i.files), i.size, i.protected, i.verify_state, owner, i.comment)
+            for i in self.store.list_snapshots(ns, group)
+        ]
+
+    async def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
+        return await asyncio.to_thread(self._snapshots, ns, group)
+
+    async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
+        exists = await asyncio.to_thread(self.store.snapshot_exists, ns, snap)
+        if not exists:
+            raise NotFound(f"snapshot {snap} not found in {self.description}")
+        return LocalSnapshotSource(self.store, ns, snap)
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ---- remote over HTTP -----------------------------------------------------------
+
+
+class HttpSnapshotSource:
+    """A reader session on a remote; a single chunk uses the single fetch, more use the batch."""
+
+    def __init__(self, session: ReaderSession) -> None:
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"HttpSnapshotSource({self._session!r})"
+
+    async def download(self, name: str) -> bytes:
+        return await self._session.download(name)
+
+    async def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
+        if len(digests) == 1:
+            yield digests[0], await self._session.fetch_chunk(digests[0])
+            return
+        stream = self._session.fetch_chunks(list(digests))
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    async def aclose(self) -> None:
+        await self._session.aclose()
+
+
+class HttpSource:
+    """A datastore on a remote asyncsync (or compatible) server, through one :class:`Client`.
+
+    The source owns the client when built with :meth:`connect` (and closes it
+    in :meth:`aclose`); a client passed to the constructor stays the caller's.
+    """
+
+    def __init__(
+        self, client: Client, store: str, *, name: str | None = None, owns_client: bool = False
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.name = name
+        self._owns_client = owns_client
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self.description!r})"
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        auth_id: AuthId,
+        secret: str,
+        store: str,
+        *,
+        fingerprint: str | None,
+        tls: bool = True,
+        name: str | None = None,
+        max_connections: int = 16,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the client's per-read timeout
+        retries: int = 4,
+    ) -> HttpSource:
+        """Connect to a remote (the values of a remote's configuration) and read ``store``."""
+        from ..client import Client
+
+        client = await Client.connect(
+            host,
+            port,
+            auth_id,
+            secret,
+            fingerprint=fingerprint,
+            tls=tls,
+            max_connections=max_connections,
+            timeout=timeout,
+            retries=retries,
+        )
+        return cls(client, store, name=name or host, owns_client=True)
+
+    @property
+    def description(self) -> str:
+        return f"remote {self.name or '?'}, store {self.store}"
+
+    async def list_namespaces(
+        self, anchor: Namespace = ROOT_NS, max_depth: int | None = None
+    ) -> list[Namespace]:
+        return await self.client.list_namespaces(self.store, anchor, max_depth)
+
+    async def list_groups(self, ns: Namespace) -> list[GroupItem]:
+        return await self.client.list_groups(self.store, ns)
+
+    async def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
+        return await self.client.list_snapshots(self.store, ns, group)
+
+    async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
+        return HttpSnapshotSource(await self.client.open_reader(self.store, ns, snap))
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> HttpSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+__all__ = [
+    "HttpSnapshotSource",
+    "HttpSource",
+    "LocalSnapshotSource",
+    "LocalSource",
+    "SnapshotSource",
+    "Source",
+]
