@@ -65,6 +65,7 @@ def _setup_logging(access_log: str | None, verbose: bool) -> None:
     show_default=True,
     help="Seconds in-flight requests get to finish after SIGTERM/SIGINT.",
 )
+@click.option("--no-scheduler", is_flag=True, help="Serve only: do not run scheduled sync jobs.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     listen: str,
@@ -74,6 +75,7 @@ def serve(
     access_log: str | None,
     no_access_log: bool,
     shutdown_timeout: float,
+    no_scheduler: bool,
     verbose: bool,
 ) -> None:
     """Serve every configured datastore to remotes over HTTPS until SIGTERM/SIGINT.
@@ -89,7 +91,9 @@ def serve(
     if no_tls:
         warn("serving plain HTTP (--no-tls): credentials and data cross the network unencrypted")
     _setup_logging(access_log, verbose)
-    options = ServerOptions(access_log=not no_access_log, shutdown_timeout=shutdown_timeout)
+    options = ServerOptions(
+        access_log=not no_access_log, shutdown_timeout=shutdown_timeout, scheduler=not no_scheduler
+    )
 
     def ready(info: ServerInfo) -> None:
         click.echo(info.describe())

@@ -34,7 +34,7 @@ from ..access import AccessControl
 from ..config.paths import Paths
 from ..errors import AsyncSyncError, InvalidInput, PermissionDenied
 from ..tls import CertPaths, ensure_certificate, server_context
-from . import auth, config_api, datastore_api
+from . import auth, config_api, datastore_api, jobs_api
 from .common import OPTIONS, READERS, ServerOptions, ok
 from .keys import ACCESS, AUTH_ID, PATHS
 from .readers import ReaderRegistry
@@ -123,6 +123,7 @@ def make_app(
     app.router.add_get(protocol.API_PREFIX + "/version", _version)
     datastore_api.setup(app)
     config_api.setup(app)
+    jobs_api.setup(app, scheduler=opts.scheduler)
     return app
 
 

@@ -40,6 +40,8 @@ class ServerOptions:
     #: in-flight requests get this long to finish on shutdown
     shutdown_timeout: float = 10.0
     access_log: bool = True
+    #: run scheduled sync jobs in this server (``asyncsync serve`` unless --no-scheduler)
+    scheduler: bool = False
 
 
 OPTIONS: web.AppKey[ServerOptions] = web.AppKey("options", ServerOptions)
