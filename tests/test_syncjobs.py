@@ -191,6 +191,8 @@ INVALID = [
     (["--fetch-workers", "1000"], "fetch-workers", "at most"),
     (["--max-inflight", "1MiB"], "max-inflight", "at least"),
     (["--comment", "a\nb"], "comment", "line break"),
+    (["--rate-in", "0"], "rate-in", "at least 1"),
+    (["--burst-in", "5MiB"], "burst-in", "needs rate-in"),
 ]
 
 
@@ -338,3 +340,17 @@ def test_next_run_never(cli_env: dict[str, str], setup: Paths) -> None:
     assert syncjobs.next_run(unscheduled, datetime.now(UTC)) is None
     rows = table_rows(run(cli_env, "sync-job", "list").stdout)
     assert rows[1][0] == "leap" and rows[1][rows[0].index("next run")] == "never"
+
+
+def test_removed_job_forgets_its_state(cli_env: dict[str, str], setup: Paths) -> None:
+    """A new job reusing a removed job's id starts fresh (no inherited last run)."""
+    from asyncsync.jobs import state
+    from asyncsync.jobs.tasks import TaskManager
+
+    syncjobs.create_job(setup, "j", {"remote": "pbs2", "remote-store": "rs", "store": "local"})
+    upid = TaskManager(setup).new_upid("syncjob", "j", "root@pam")
+    state.record_started(setup, state.SYNC_JOB_TYPE, "j", upid)
+    path = state.state_path(setup, state.SYNC_JOB_TYPE, "j")
+    assert path.exists()
+    run(cli_env, "sync-job", "remove", "j")
+    assert not path.exists()

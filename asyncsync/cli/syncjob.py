@@ -15,6 +15,7 @@ import click
 
 from ..config import syncjobs as cfg
 from ..config.syncjobs import SyncJobConfig
+from ..jobs.state import SYNC_JOB_TYPE, forget_job
 from .common import get_paths, output_format_option, print_kv, print_table
 
 
@@ -187,6 +188,7 @@ def show(id: str, output_format: str) -> None:
 def remove(id: str, digest: str | None) -> None:
     """Remove sync job ID."""
     cfg.remove_job(get_paths(), id, digest=digest)
+    forget_job(get_paths(), SYNC_JOB_TYPE, id)
     click.echo(f"removed sync job {id}")
 
 

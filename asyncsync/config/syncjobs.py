@@ -231,7 +231,8 @@ def _normalize(key: str, value: Any) -> Value:
     if key == "comment":
         return _one_line(value, key)
     if key in ("rate-in", "burst-in"):
-        return _parse_size(value, key)[0]
+        # 0 would stall the job forever: a limit is at least one byte per second
+        return _parse_size(value, key, lo=1)[0]
     if key == "transfer-last":
         return str(_parse_int(value, key, 1, None))
     if key == "group-workers":
@@ -311,6 +312,8 @@ class SyncJobConfig:
                         f"exceeds {MAX_NAMESPACE_DEPTH} levels",
                         field="max-depth",
                     )
+        if v.get("burst-in") is not None and v.get("rate-in") is None:
+            raise InvalidInput("needs rate-in (the bucket size of a rate limit)", field="burst-in")
         owner = text("owner")
         gf = v.get("group-filter")
         return cls(

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AsyncSyncError, CorruptBlob, IntegrityError, NotFound
+from ..errors import AsyncSyncError, CorruptBlob, IntegrityError, Locked, NotFound
 from ..names import Namespace, SnapshotId, SnapshotRef
 from ..units import format_size
 from . import blob
@@ -219,7 +219,9 @@ def run_verify(
 ) -> VerifyReport:
     """Verify ``snapshots`` (default: every snapshot of the store) and return the report.
 
-    With ``record`` the result is written to each manifest's unprotected part.
+    With ``record`` the result is written to each manifest's unprotected part
+    (under the group lock; a group busy with a backup or pull is reported but
+    not recorded).
     ``on_result`` is called after each snapshot (progress output).
     """
     started = time.monotonic()
@@ -233,7 +235,9 @@ def run_verify(
             v.report.snapshots.append(res)
             if record and not any(e.startswith("manifest:") for e in res.errors):
                 state = {"state": "ok" if res.ok else "failed", "time": int(clock())}
-                with contextlib.suppress(NotFound):
+                # under the group lock, so a pull re-syncing this snapshot cannot lose its
+                # manifest to ours; if a writer holds the group, the result is reported only
+                with contextlib.suppress(NotFound, Locked), store.group_lock(ns, snap.group):
                     store.update_unprotected(ns, snap, verify_state=state)
             if on_result is not None:
                 on_result(res)

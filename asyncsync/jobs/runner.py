@@ -33,10 +33,10 @@ from ..names import ROOT_AUTH_ID
 from ..sync.pull import PullOptions, pull
 from ..sync.report import PullReport
 from ..sync.source import HttpSource, Source
-from .state import JobLock, lock_job, record_finished, record_started
+from .state import SYNC_JOB_TYPE, JobLock, lock_job, record_finished, record_started
 from .tasks import TaskHandle, TaskLog, TaskManager, TaskState, Upid, wait_or_stop
 
-JOB_TYPE = "sync"
+JOB_TYPE = SYNC_JOB_TYPE
 WORKER_TYPE = "syncjob"
 
 

@@ -161,6 +161,16 @@ def remove_job_state(paths: Paths, job_type: str, job_id: str) -> None:
     state_path(paths, job_type, job_id).unlink(missing_ok=True)
 
 
+#: the job type of sync jobs in state file names and locks
+SYNC_JOB_TYPE = "sync"
+
+
+def forget_job(paths: Paths, job_type: str, job_id: str) -> None:
+    """Drop a removed job's state, so a new job with the same id starts fresh
+    (and does not run a 'missed' event of the old one at once)."""
+    remove_job_state(paths, job_type, job_id)
+
+
 def next_run_after(schedule: str | None, after: float, tz: tzinfo) -> float | None:
     """The first event of ``schedule`` strictly after ``after``; None without a (valid) schedule."""
     if not schedule:

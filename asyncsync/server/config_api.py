@@ -39,6 +39,7 @@ from ..config import remotes, syncjobs
 from ..config.remotes import RemoteConfig
 from ..config.syncjobs import SyncJobConfig
 from ..errors import InvalidInput, PermissionDenied
+from ..jobs.state import SYNC_JOB_TYPE, forget_job
 from ..names import AuthId
 from .common import get_access, get_auth_id, ok, read_json
 from .keys import PATHS
@@ -299,6 +300,7 @@ async def delete_sync_job(request: web.Request) -> web.Response:
         check_modify_job(access, auth_id, old)
 
     await asyncio.to_thread(syncjobs.remove_job, paths, id, digest=digest, authorize=authorize)
+    await asyncio.to_thread(forget_job, paths, SYNC_JOB_TYPE, id)
     return ok(None)
 
 
