@@ -40,7 +40,14 @@ def test_datastore_lifecycle(cli_env: dict[str, str], paths: Paths, tmp_path: Pa
     assert "main" in text and "first store" in text and "│" in text
 
     shown = json.loads(cli(cli_env, "datastore", "show", "main", "--output-format", "json").stdout)
+    digest = shown.pop("digest")
     assert shown == items[0]
+    # the digest shown is what update --digest accepts; a stale one is refused
+    r = cli(cli_env, "datastore", "update", "main", "--comment", "x", "--digest", digest)
+    assert r.returncode == 0, r.stderr
+    r = cli(cli_env, "datastore", "update", "main", "--comment", "y", "--digest", digest)
+    assert r.returncode == 5 and "digest" in r.stderr
+    cli(cli_env, "datastore", "update", "main", "--comment", "first store")
 
     # remove unregisters but keeps the data
     r = cli(cli_env, "datastore", "remove", "main")

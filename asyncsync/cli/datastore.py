@@ -52,8 +52,10 @@ def list_(output_format: str) -> None:
 @click.argument("name")
 @output_format_option
 def show(name: str, output_format: str) -> None:
-    """Show one datastore's configuration."""
-    print_kv(cfg.get_datastore(get_paths(), name).to_json(), output_format=output_format)
+    """Show one datastore's configuration (with the digest of datastore.cfg for --digest)."""
+    paths = get_paths()
+    data = {**cfg.get_datastore(paths, name).to_json(), "digest": cfg.config_file(paths).read().digest}
+    print_kv(data, output_format=output_format)
 
 
 @datastore.command("update")
