@@ -48,9 +48,18 @@ def check_digest(value: str) -> str:
     return _check(_DIGEST_RE, value, "digest")
 
 
+#: the manifest's own file name: never an archive (a manifest listing it could make the
+#: commit overwrite an archive with the manifest)
+RESERVED_ARCHIVE_NAMES = frozenset({"index.json.blob"})
+
+
 def check_archive_name(value: str) -> str:
-    """Check an archive file name (``name.fidx``, ``name.didx`` or ``name.blob``)."""
-    return _check(_ARCHIVE_RE, value, "archive name")
+    """Check an archive file name (``name.fidx``, ``name.didx`` or ``name.blob``; not the
+    manifest's own name ``index.json.blob``)."""
+    _check(_ARCHIVE_RE, value, "archive name")
+    if value in RESERVED_ARCHIVE_NAMES:
+        raise InvalidName(f"{value!r} is reserved for the manifest and cannot be an archive name")
+    return value
 
 
 class BackupType(StrEnum):

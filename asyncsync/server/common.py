@@ -85,7 +85,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested input
         raise InvalidInput("request body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise InvalidInput("request body must be a JSON object")

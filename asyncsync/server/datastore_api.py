@@ -116,7 +116,9 @@ def _snapshot(params: Any) -> SnapshotId:
     try:
         if isinstance(raw, int) and not isinstance(raw, bool):
             t = raw
-        elif isinstance(raw, str) and raw.isdigit():
+        elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+            if len(raw) > 12:  # beyond year 9999; also keeps int() away from huge inputs
+                raise InvalidInput("backup-time out of range", field="backup-time")
             t = int(raw)
         elif isinstance(raw, str):
             t = parse_time(raw)
@@ -130,7 +132,7 @@ def _snapshot(params: Any) -> SnapshotId:
 def _max_depth(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit() or int(value) > MAX_NAMESPACE_DEPTH:
+    if not (value.isascii() and value.isdigit()) or len(value) > 1 or int(value) > MAX_NAMESPACE_DEPTH:
         raise InvalidInput(f"must be an integer from 0 to {MAX_NAMESPACE_DEPTH}", field="max-depth")
     return int(value)
 
