@@ -148,8 +148,17 @@ class SnapshotItem:
     verify_state: str | None
     owner: AuthId | None = None
     comment: str | None = None
+    #: blake3 (hex) of the stored manifest blob (optional, additive): a puller whose local
+    #: manifest has the same digest knows the snapshot is unchanged without opening a reader
+    manifest_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        out = self._json()
+        if self.manifest_digest is not None:
+            out["manifest-digest"] = self.manifest_digest
+        return out
+
+    def _json(self) -> dict[str, Any]:
         return {
             "backup-type": self.snapshot.group.type.value,
             "backup-id": self.snapshot.group.id,
@@ -182,9 +191,21 @@ class SnapshotItem:
                 verification.get("state") if isinstance(verification, dict) else None,
                 AuthId.parse(owner) if owner else None,
                 obj.get("comment"),
+                _optional_digest(obj.get("manifest-digest")),
             )
         except (KeyError, TypeError, ValueError, AttributeError, InvalidName) as exc:
             raise _bad("snapshot", exc) from exc
+
+
+def _optional_digest(value: Any) -> str | None:
+    """A 64-hex digest, or None for anything else (an optional field is never fatal)."""
+    if isinstance(value, str) and len(value) == 64:
+        try:
+            bytes.fromhex(value)
+        except ValueError:
+            return None
+        return value.lower()
+    return None
 
 
 def ns_to_json(ns: Namespace) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
@@ -49,6 +49,8 @@ T = TypeVar("T")
 
 #: largest JSON answer the client accepts (a listing of many snapshots)
 MAX_JSON_ANSWER = 64 * 1024 * 1024
+#: aiohttp read buffer per connection (the transport pauses above twice this)
+READ_BUFSIZE = 1024 * 1024
 #: largest error body read (only its message is used)
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -102,6 +104,58 @@ async def _read_bounded(resp: aiohttp.ClientResponse, max_size: int, what: str) 
         if len(buf) > max_size:
             raise RemoteError(f"{what}: answer exceeds the limit of {max_size} bytes")
     return bytes(buf)
+
+
+#: a blob as received: its bytes in order, in the pieces the transport delivered
+#: (memoryviews where a piece was split: slicing bytes would copy the rest each time)
+Parts = list[bytes | memoryview]
+
+
+async def _read_parts(content: aiohttp.StreamReader, n: int) -> tuple[Parts, memoryview]:
+    """Exactly ``n`` bytes of ``content`` as pieces, plus what was read beyond them.
+
+    Unlike ``readexactly`` this does not join the pieces (two copies of every
+    byte on the event loop thread for a 4 MiB chunk); the caller hands them to
+    a worker thread, which hashes and writes them piece by piece. Raises
+    :class:`asyncio.IncompleteReadError` if the stream ends early.
+    """
+    parts: Parts = []
+    while n > 0:
+        piece = await content.readany()
+        if not piece:
+            got = sum(len(p) for p in parts)
+            raise asyncio.IncompleteReadError(b"".join(parts), got + n)
+        if len(piece) > n:
+            view = memoryview(piece)
+            parts.append(view[:n])
+            return parts, view[n:]
+        parts.append(piece)
+        n -= len(piece)
+    return parts, memoryview(b"")
+
+
+class _PartsReader:
+    """Frames of a batch answer read as pieces; keeps what one read fetched beyond a frame."""
+
+    __slots__ = ("_content", "_extra")
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._extra = memoryview(b"")
+
+    async def read(self, n: int) -> Parts:
+        parts: Parts = []
+        if self._extra:
+            head, self._extra = self._extra[:n], self._extra[n:]
+            parts.append(head)
+            n -= len(head)
+        if n > 0:
+            more, self._extra = await _read_parts(self._content, n)
+            parts += more
+        return parts
+
+    async def at_eof(self) -> bool:
+        return not self._extra and not await self._content.read(1)
 
 
 class Client:
@@ -190,6 +244,9 @@ class Client:
             ),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
+            # large bodies (4 MiB chunks): a 64 KiB read buffer pauses and resumes the
+            # transport 64 times per chunk; 1 MiB cuts the wake-ups (≤ 2 MiB buffered per connection)
+            read_bufsize=READ_BUFSIZE,
         )
         client = cls(
             session,
@@ -265,8 +322,10 @@ class Client:
         auth: bool = True,
         max_size: int,
         parse: bool,
+        parts: bool = False,
     ) -> Any:
-        """One request: the parsed ``data`` of the envelope (``parse``) or the raw body bytes."""
+        """One request: the parsed ``data`` of the envelope (``parse``), the raw body bytes,
+        or (``parts``, for chunk blobs) the body as :data:`Parts` (needs a Content-Length)."""
         self.stats.requests += 1
         headers = self._headers if auth else {}
         try:
@@ -277,7 +336,21 @@ class Client:
                     raise error_for_status(
                         resp.status, await _read_limited_error(resp), str(url), resp.reason
                     )
+                if parts and resp.content_length is not None:
+                    if resp.content_length > max_size:
+                        raise RemoteError(
+                            f"{method} {url.path}: answer of {resp.content_length} bytes "
+                            f"exceeds the limit of {max_size}"
+                        )
+                    pieces, extra = await _read_parts(resp.content, resp.content_length)
+                    if extra:  # pragma: no cover - aiohttp never reads past Content-Length
+                        raise RemoteError(f"{method} {url.path}: answer longer than its Content-Length")
+                    self.stats.bytes_received += resp.content_length
+                    return pieces
                 body = await _read_bounded(resp, max_size, f"{method} {url.path}")
+                if parts:
+                    self.stats.bytes_received += len(body)
+                    return [body]
         except AsyncSyncError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
@@ -321,6 +394,13 @@ class Client:
                 method, url, params=params, json_body=body, max_size=MAX_JSON_ANSWER, parse=True
             )
         )
+
+    async def _parts(self, path: str, max_size: int) -> Parts:
+        url = self._url(path)
+        data: Parts = await self._retrying(
+            lambda: self._once("GET", url, max_size=max_size, parse=False, parts=True)
+        )
+        return data
 
     async def _bytes(self, path: str, max_size: int) -> bytes:
         url = self._url(path)
@@ -425,9 +505,25 @@ class ReaderSession:
         check_digest(digest)
         return await self.client._bytes(protocol.p_reader_chunk(self.store, self.reader_id, digest), max_size)
 
+    async def fetch_chunk_parts(self, digest: str, *, max_size: int = blob.MAX_BLOB_SIZE) -> Parts:
+        """As :meth:`fetch_chunk`, the blob as received pieces (``b"".join`` them for the bytes)."""
+        check_digest(digest)
+        return await self.client._parts(protocol.p_reader_chunk(self.store, self.reader_id, digest), max_size)
+
     async def fetch_chunks(
         self, digests: Sequence[str], *, max_size: int = blob.MAX_BLOB_SIZE
     ) -> AsyncIterator[tuple[str, bytes]]:
+        """As :meth:`fetch_chunks_parts`, each blob joined into bytes."""
+        stream = self.fetch_chunks_parts(digests, max_size=max_size)
+        try:
+            async for digest, parts in stream:
+                yield digest, bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        finally:
+            await stream.aclose()
+
+    async def fetch_chunks_parts(
+        self, digests: Sequence[str], *, max_size: int = blob.MAX_BLOB_SIZE
+    ) -> AsyncGenerator[tuple[str, Parts], None]:
         """Yield ``(digest, blob)`` for every digest, in request order, in few requests.
 
         Raises :class:`NotFound` for a chunk missing on the server,
@@ -469,7 +565,7 @@ class ReaderSession:
 
     async def _stream(
         self, url: yarl.URL, batch: list[str], max_size: int
-    ) -> AsyncIterator[tuple[str, bytes]]:
+    ) -> AsyncIterator[tuple[str, Parts]]:
         client = self.client
         client.stats.requests += 1
         header = protocol.FRAME_HEADER
@@ -479,9 +575,10 @@ class ReaderSession:
                     raise error_for_status(
                         resp.status, await _read_limited_error(resp), str(url), resp.reason
                     )
-                content = resp.content
+                reader = _PartsReader(resp.content)
                 for want in batch:
-                    raw, length = header.unpack(await content.readexactly(header.size))
+                    head = await reader.read(header.size)
+                    raw, length = header.unpack(b"".join(head))
                     got = raw.hex()
                     if got != want:
                         raise RemoteError(f"batch answer out of order: expected chunk {want}, got {got}")
@@ -491,10 +588,10 @@ class ReaderSession:
                         raise RemoteError(
                             f"chunk {want}: frame of {length} bytes exceeds the limit of {max_size}"
                         )
-                    data = await content.readexactly(length)
+                    data = await reader.read(length)
                     client.stats.bytes_received += header.size + length
                     yield want, data
-                if await content.read(1):
+                if not await reader.at_eof():
                     raise RemoteError("batch answer has trailing data")
         except AsyncSyncError:
             raise
@@ -519,4 +616,4 @@ class ReaderSession:
         await self.aclose()
 
 
-__all__ = ["MAX_JSON_ANSWER", "Client", "ClientStatistics", "ReaderSession", "RetryPolicy"]
+__all__ = ["MAX_JSON_ANSWER", "Client", "ClientStatistics", "Parts", "ReaderSession", "RetryPolicy"]

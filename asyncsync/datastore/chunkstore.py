@@ -2,8 +2,8 @@
 
 Every method is blocking (file system I/O, hashing): async callers run them in
 a worker thread. The store is safe for concurrent writers (threads and
-processes): a chunk is written to a temporary file in its prefix folder and
-renamed into place; an existing chunk of a plausible size is never rewritten,
+processes): a chunk is written to a temporary file in ``.chunks/.tmp/`` (same
+file system) and renamed into place; an existing chunk of a plausible size is never rewritten,
 only touched (its mtime is what garbage collection's grace period looks at).
 """
 
@@ -15,7 +15,7 @@ import ctypes.util
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 
@@ -24,6 +24,9 @@ from ..names import check_digest
 from . import blob
 
 TMP_PREFIX = ".tmp."
+#: folder (under ``.chunks``) of the temp files of chunk writers: a pull's start-up clean-up
+#: scans only this folder instead of every prefix folder (O(temp files), not O(chunks))
+TMP_DIR = ".tmp"
 
 
 class SyncLevel(StrEnum):
@@ -100,6 +103,7 @@ class ChunkStore:
         self.root = root
         self.base = root / ".chunks"
         self.sync_level = sync_level
+        self.tmp_dir = self.base / TMP_DIR
         self._prefixes: set[str] = set()
 
     def __repr__(self) -> str:
@@ -151,6 +155,10 @@ class ChunkStore:
 
         The caller guarantees that ``encoded`` decodes to content with ``digest``.
         """
+        return self.insert_parts(digest, [encoded])
+
+    def insert_parts(self, digest: str, parts: Sequence[bytes | memoryview]) -> bool:
+        """As :meth:`insert`, the blob given as pieces in order (written without joining them)."""
         final = self.path(digest)
         try:
             if blob.encoded_size_ok(final.stat().st_size):
@@ -163,14 +171,18 @@ class ChunkStore:
         if prefix not in self._prefixes:
             folder.mkdir(parents=True, exist_ok=True)
             self._prefixes.add(prefix)
-        tmp = folder / tmp_name(digest)
+        if TMP_DIR not in self._prefixes:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._prefixes.add(TMP_DIR)
+        tmp = self.tmp_dir / tmp_name(digest)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                view = memoryview(encoded)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
                 if self.sync_level is SyncLevel.FILE:
                     os.fsync(fd)
             finally:
@@ -200,7 +212,7 @@ class ChunkStore:
             return
         with os.scandir(self.base) as prefixes:
             for p in prefixes:
-                if not p.is_dir() or len(p.name) != 4:
+                if not p.is_dir() or len(p.name) != 4 or p.name.startswith("."):
                     continue
                 with os.scandir(p.path) as entries:
                     for e in entries:
@@ -223,14 +235,30 @@ class ChunkStore:
         os.replace(src, dst)
         return dst
 
-    def cleanup_temp(self) -> int:
-        """Remove temp files left by writers that no longer run; returns how many."""
+    def cleanup_temp(self, *, full: bool = True) -> int:
+        """Remove temp files left by writers that no longer run; returns how many.
+
+        Writers put temp files in ``.chunks/.tmp/`` only; that folder is always
+        cleaned. ``full`` also scans every prefix folder (where older versions
+        put them): O(chunks), for garbage collection; a pull passes False.
+        """
         removed = 0
         if not self.base.is_dir():
             return 0
+        try:
+            with os.scandir(self.tmp_dir) as entries:
+                for e in entries:
+                    if is_stale_tmp(e.name):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(e.path)
+                            removed += 1
+        except FileNotFoundError:
+            pass
+        if not full:
+            return removed
         with os.scandir(self.base) as prefixes:
             for p in prefixes:
-                if not p.is_dir():
+                if not p.is_dir() or p.name == TMP_DIR:
                     continue
                 with os.scandir(p.path) as entries:
                     for e in entries:
@@ -257,4 +285,4 @@ class ChunkStore:
         return removed, freed
 
 
-__all__ = ["ChunkStore", "SyncLevel", "fsync_dir", "is_stale_tmp", "syncfs", "tmp_name"]
+__all__ = ["TMP_DIR", "ChunkStore", "SyncLevel", "fsync_dir", "is_stale_tmp", "syncfs", "tmp_name"]

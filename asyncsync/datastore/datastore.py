@@ -71,6 +71,9 @@ class SnapshotInfo:
     protected: bool
     verify_state: str | None
     comment: str | None
+    #: blake3 (hex) of the stored manifest blob's bytes; equal digests mean byte-equal
+    #: manifests (a pull skips an unchanged re-sync on it). None for a corrupt manifest.
+    manifest_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -315,7 +318,8 @@ class Datastore:
     def snapshot_info(self, ns: Namespace, snap: SnapshotId) -> SnapshotInfo | None:
         path = self.snapshot_path(ns, snap)
         try:
-            manifest = Manifest.decode((path / MANIFEST_NAME).read_bytes())
+            raw = (path / MANIFEST_NAME).read_bytes()
+            manifest = Manifest.decode(raw)
         except FileNotFoundError:
             return None
         except CorruptManifest:
@@ -330,6 +334,7 @@ class Datastore:
             (path / PROTECTED_MARKER).exists(),
             manifest.verify_state,
             comment,
+            blob.digest_of(raw),
         )
 
     def snapshot_exists(self, ns: Namespace, snap: SnapshotId) -> bool:
@@ -415,9 +420,13 @@ class Datastore:
             out |= self.snapshot_digests(ns, snap)
         return out
 
-    def cleanup_temp(self) -> int:
-        """Remove temp files and half-written snapshot folders of dead writers."""
-        removed = self.chunks.cleanup_temp()
+    def cleanup_temp(self, *, full: bool = True) -> int:
+        """Remove temp files and half-written snapshot folders of dead writers.
+
+        ``full=False`` skips the O(chunks) scan of the chunk prefix folders for
+        temp files of older versions (see :meth:`ChunkStore.cleanup_temp`).
+        """
+        removed = self.chunks.cleanup_temp(full=full)
         for ns in self.list_namespaces():
             for g in self.list_groups(ns):
                 base = self.group_path(ns, g)

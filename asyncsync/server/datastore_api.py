@@ -239,6 +239,7 @@ def _snapshots_blocking(
                     info.verify_state,
                     owner,
                     info.comment,
+                    info.manifest_digest,
                 )
             )
     if group is not None and not out and not ds.group_path(ns, group).is_dir():

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..datastore import blob as blobcodec
-from ..datastore.datastore import Datastore, FileLock
+from ..datastore.datastore import Datastore, FileLock, SnapshotInfo
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
 from ..errors import (
@@ -68,7 +69,7 @@ from .nsmap import NamespaceMap
 from .plan import choose_snapshots, vanished_snapshots
 from .ratelimit import Clock, RateLimiter
 from .report import GroupResult, GroupStatus, LogCallback, ProgressCallback, PullProgress, PullReport
-from .source import LocalSource, SnapshotSource, Source
+from .source import BulkListing, LocalSource, SnapshotSource, Source
 from .threads import run_write
 
 if TYPE_CHECKING:
@@ -278,6 +279,25 @@ def _remove_group(store: Datastore, ns: Namespace, group: GroupId) -> tuple[int,
     return count, gone
 
 
+def _begin_group(
+    store: Datastore, ns: Namespace, group: GroupId, owner: AuthId
+) -> tuple[FileLock, AuthId, list[SnapshotInfo]]:
+    """A group's local bookkeeping in one thread hop: take its lock, make sure it exists
+    (a new group gets ``owner``), and list its local snapshots (only if it is ours).
+
+    Returns (the held lock, the group's owner, the local snapshots); on any error
+    the lock is released before raising.
+    """
+    lock = store.group_lock(ns, group).acquire()
+    try:
+        actual = store.ensure_group(ns, group, owner)
+        local = store.list_snapshots(ns, group) if actual == owner else []
+    except BaseException:
+        lock.release()
+        raise
+    return lock, actual, local
+
+
 def _local_groups(store: Datastore, ns: Namespace) -> list[tuple[GroupId, AuthId | None]]:
     if not store.namespace_exists(ns):
         return []
@@ -289,6 +309,8 @@ class _NsPlan:
     remote: Namespace
     local: Namespace
     groups: list[GroupItem] | None  # None: the listing failed
+    #: snapshots per group from one namespace-wide listing (None: list per group)
+    snapshots: dict[GroupId, list[SnapshotItem]] | None = None
 
 
 class _PullRun:
@@ -395,7 +417,8 @@ class _PullRun:
                     field="ns",
                 )
         if opts.clean_temp:
-            await run_write(self.target.cleanup_temp)
+            # only the temp folders (O(temp files)); gc does the full O(chunks) scan
+            await run_write(functools.partial(self.target.cleanup_temp, full=False))
         remote_nss = await self.source.list_namespaces(opts.remote_ns, opts.max_depth)
         pairs = nsmap.map_all(remote_nss)  # raises before any transfer if a namespace does not fit
         if not any(r == opts.remote_ns for r, _ in pairs):
@@ -413,17 +436,24 @@ class _PullRun:
                 groups = None
             plans.append(_NsPlan(remote, local, groups))
 
-        work = [
-            (p.remote, p.local, g)
-            for p in plans
-            for g in sorted(p.groups or [], key=lambda g: g.group)
-            if opts.group_filter.matches(g.group)
-        ]
+        work: list[tuple[_NsPlan, GroupId]] = []
+        for p in plans:
+            selected = [g.group for g in sorted(p.groups or [], key=lambda g: g.group)]
+            selected = [g for g in selected if opts.group_filter.matches(g)]
+            work.extend((p, g) for g in selected)
+            # one listing per namespace instead of one per group, when most groups are wanted
+            if (
+                isinstance(self.source, BulkListing)
+                and len(selected) >= 2
+                and 2 * len(selected) >= len(p.groups or [])
+            ):
+                p.snapshots = await self._bulk_snapshots(p.remote)
         todo = iter(work)
 
         async def group_worker() -> None:
-            for remote, local, item in todo:
-                await self._pull_group(remote, local, item.group)
+            for plan, group in todo:
+                listed = plan.snapshots.get(group) if plan.snapshots is not None else None
+                await self._pull_group(plan.remote, plan.local, group, listed)
 
         try:
             async with asyncio.TaskGroup() as tg:
@@ -448,15 +478,35 @@ class _PullRun:
         self._emit()
         return self.report
 
+    async def _bulk_snapshots(self, ns: Namespace) -> dict[GroupId, list[SnapshotItem]] | None:
+        """All snapshots of ``ns`` by group, or None (list per group) if that listing fails."""
+        assert isinstance(self.source, BulkListing)
+        try:
+            items = await self.source.list_namespace_snapshots(ns)
+        except AsyncSyncError as exc:
+            logger.debug("namespace %s: bulk snapshot listing failed, listing per group: %s", ns, exc)
+            return None
+        out: dict[GroupId, list[SnapshotItem]] = {}
+        for item in items:
+            out.setdefault(item.snapshot.group, []).append(item)
+        return out
+
     # ---- groups -------------------------------------------------------------
 
-    async def _pull_group(self, remote_ns: Namespace, local_ns: Namespace, group: GroupId) -> None:
+    async def _pull_group(
+        self,
+        remote_ns: Namespace,
+        local_ns: Namespace,
+        group: GroupId,
+        listed: list[SnapshotItem] | None = None,
+    ) -> None:
+        """Pull one group; ``listed`` are its remote snapshots if already known (else listed here)."""
         res = GroupResult(remote_ns, group, local_ns)
         self.report.groups.append(res)
         self._current_group = res.label
         self._emit()
         try:
-            lock = await _acquire_group_lock(self.target, local_ns, group)
+            lock, owner, local = await _begin_group_hop(self.target, local_ns, group, self.options.owner)
         except Locked as exc:
             res.status = GroupStatus.LOCKED
             res.error = f"{exc} (another pull or backup of this group is running)"
@@ -467,13 +517,12 @@ class _PullRun:
             self._log(f"group {res.label}: failed: {res.error}")
             return
         try:
-            owner = await run_write(self.target.ensure_group, local_ns, group, self.options.owner)
             if owner != self.options.owner:
                 res.status = GroupStatus.OWNER_CONFLICT
                 res.error = f"owned by {owner}, not by the job owner {self.options.owner}: not touched"
                 self._log(f"group {res.label}: skipped: {res.error}")
                 return
-            await self._sync_group(res)
+            await self._sync_group(res, local, listed)
         except (AsyncSyncError, OSError) as exc:
             res.status, res.error = GroupStatus.FAILED, _describe(exc)
             self._log(f"group {res.label}: failed: {res.error}")
@@ -491,21 +540,32 @@ class _PullRun:
         finally:
             lock.release()
 
-    async def _sync_group(self, res: GroupResult) -> None:
-        remote_snaps = await self.source.list_snapshots(res.ns, res.group)
+    async def _sync_group(
+        self, res: GroupResult, local: list[SnapshotInfo], listed: list[SnapshotItem] | None
+    ) -> None:
+        remote_snaps = listed if listed is not None else await self.source.list_snapshots(res.ns, res.group)
         for item in remote_snaps:
             if item.snapshot.group != res.group:
                 raise InvalidInput(f"remote listed snapshot {item.snapshot} for group {res.group}")
-        local = await asyncio.to_thread(self.target.list_snapshots, res.local_ns, res.group)
-        local_times = {i.snapshot.time for i in local}
+        local_by_time = {i.snapshot.time: i for i in local}
         chosen = choose_snapshots(
             remote_snaps,
-            local_times,
+            local_by_time.keys(),
             transfer_last=self.options.transfer_last,
             verified_only=self.options.verified_only,
         )
         for item in chosen:
-            await self._pull_snapshot(res, item, item.snapshot.time in local_times)
+            here = local_by_time.get(item.snapshot.time)
+            if (
+                here is not None
+                and item.manifest_digest is not None
+                and item.manifest_digest == here.manifest_digest
+            ):
+                # byte-equal manifests: the re-sync would change nothing; no reader is opened
+                res.snapshots_unchanged += 1
+                self.report.snapshots_unchanged += 1
+                continue
+            await self._pull_snapshot(res, item, here is not None)
         if self.options.remove_vanished:
             gone = vanished_snapshots(remote_snaps, [i.snapshot for i in local])
             if gone:
@@ -632,20 +692,19 @@ class _PullRun:
             self._log(f"group {label}: vanished, kept (protected snapshots)")
 
 
-async def _acquire_group_lock(store: Datastore, ns: Namespace, group: GroupId) -> FileLock:
-    """Take a group lock in a thread; if we are cancelled meanwhile, the lock the thread
-    may still obtain is released as soon as it has it (a leaked flock would block
-    every later pull of the group in a long-running server)."""
-    fut = asyncio.get_running_loop().run_in_executor(None, lambda: store.group_lock(ns, group).acquire())
+async def _begin_group_hop(
+    store: Datastore, ns: Namespace, group: GroupId, owner: AuthId
+) -> tuple[FileLock, AuthId, list[SnapshotInfo]]:
+    """:func:`_begin_group` in one thread hop. If we are cancelled meanwhile, the hop is
+    waited for (it writes the owner file) and the lock it may have taken is released
+    (a leaked flock would block every later pull of the group in a long-running server)."""
+    fut = asyncio.get_running_loop().run_in_executor(None, _begin_group, store, ns, group, owner)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
-
-        def release(f: asyncio.Future[FileLock]) -> None:
-            if not f.cancelled() and f.exception() is None:
-                f.result().release()
-
-        fut.add_done_callback(release)
+        await asyncio.wait([fut])
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result()[0].release()
         raise
 
 

@@ -13,7 +13,9 @@ Contract of every source:
   it has already downloaded;
 * :meth:`SnapshotSource.download` returns a file's bytes *as stored* (no checks);
 * :meth:`SnapshotSource.fetch_chunks` yields ``(digest, blob)`` pairs in request
-  order, blobs **unverified**: the engine verifies every byte before writing.
+  order, blobs **unverified**: the engine verifies every byte before writing. A
+  blob is :data:`BlobData`: its bytes, or its bytes in pieces (a list, in order),
+  so that a network source need not join what the transport delivered in pieces.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from ..protocol import GroupItem, SnapshotItem
 if TYPE_CHECKING:
     from ..client import Client, ReaderSession
 
+#: a received blob: its bytes, or its bytes as pieces in order (``b"".join`` gives the bytes)
+BlobData = bytes | list[bytes | memoryview]
+
 
 @runtime_checkable
 class SnapshotSource(Protocol):
@@ -41,7 +46,7 @@ class SnapshotSource(Protocol):
         """The raw bytes of one file of the snapshot (manifest, index, blob)."""
         ...
 
-    def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
+    def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, BlobData]]:
         """Yield ``(digest, blob)`` for each digest, in order; blobs are not verified."""
         ...
 
@@ -70,6 +75,18 @@ class Source(Protocol):
     async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BulkListing(Protocol):
+    """Optional for a :class:`Source`: list a whole namespace's snapshots at once.
+
+    The engine uses it, when present, instead of one :meth:`Source.list_snapshots`
+    per group (one request per namespace instead of per group); the items are
+    the same as the per-group listings would return.
+    """
+
+    async def list_namespace_snapshots(self, ns: Namespace) -> list[SnapshotItem]: ...
 
 
 # ---- local datastore ----------------------------------------------------------
@@ -149,12 +166,28 @@ class LocalSource:
     def _snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
         owner: AuthId | None = self.store.get_owner(ns, group)
         return [
-            SnapshotItem(i.snapshot, tuple(i.files), i.size, i.protected, i.verify_state, owner, i.comment)
+            SnapshotItem(
+                i.snapshot,
+                tuple(i.files),
+                i.size,
+                i.protected,
+                i.verify_state,
+                owner,
+                i.comment,
+                i.manifest_digest,
+            )
             for i in self.store.list_snapshots(ns, group)
         ]
 
     async def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
         return await asyncio.to_thread(self._snapshots, ns, group)
+
+    def _all_snapshots(self, ns: Namespace) -> list[SnapshotItem]:
+        return [s for g in self.store.list_groups(ns) for s in self._snapshots(ns, g)]
+
+    async def list_namespace_snapshots(self, ns: Namespace) -> list[SnapshotItem]:
+        """Every snapshot of every group of ``ns`` (see :class:`BulkListing`)."""
+        return await asyncio.to_thread(self._all_snapshots, ns)
 
     async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
         exists = await asyncio.to_thread(self.store.snapshot_exists, ns, snap)
@@ -181,11 +214,12 @@ class HttpSnapshotSource:
     async def download(self, name: str) -> bytes:
         return await self._session.download(name)
 
-    async def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
+    async def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, BlobData]]:
+        # pieces, not joined bytes: the event loop thread is this process's bottleneck
         if len(digests) == 1:
-            yield digests[0], await self._session.fetch_chunk(digests[0])
+            yield digests[0], await self._session.fetch_chunk_parts(digests[0])
             return
-        stream = self._session.fetch_chunks(list(digests))
+        stream = self._session.fetch_chunks_parts(list(digests))
         try:
             async for item in stream:
                 yield item
@@ -264,6 +298,10 @@ class HttpSource:
     async def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
         return await self.client.list_snapshots(self.store, ns, group)
 
+    async def list_namespace_snapshots(self, ns: Namespace) -> list[SnapshotItem]:
+        """Every snapshot of ``ns`` the caller may see, in one request (see :class:`BulkListing`)."""
+        return await self.client.list_snapshots(self.store, ns)
+
     async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
         return HttpSnapshotSource(await self.client.open_reader(self.store, ns, snap))
 
@@ -279,6 +317,8 @@ class HttpSource:
 
 
 __all__ = [
+    "BlobData",
+    "BulkListing",
     "HttpSnapshotSource",
     "HttpSource",
     "LocalSnapshotSource",
