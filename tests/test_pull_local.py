@@ -369,6 +369,18 @@ def test_corrupt_chunk_is_reported_and_never_written(src: Datastore, dst: Datast
     assert_group_failed_cleanly(report, dst, victims, "CRC")
 
 
+def test_raw_chunk_with_only_a_wrong_crc_is_not_stored(src: Datastore, dst: Datastore) -> None:
+    """Right content, wrong CRC header: storing it would leave a chunk that local verify flags."""
+    two_groups(src)
+
+    def bad_crc(d: str, b: bytes) -> bytes:
+        raw = blob.RAW_MAGIC + struct.pack("<I", 0) + blob.decode(b)
+        return raw
+
+    report, victims = pull_with_chunk_fault(src, dst, bad_crc)
+    assert_group_failed_cleanly(report, dst, victims, "CRC")
+
+
 def test_substituted_chunk_fails_the_digest_check(src: Datastore, dst: Datastore) -> None:
     two_groups(src)
     report, victims = pull_with_chunk_fault(src, dst, lambda d, b: blob.encode(b"x" * 100))

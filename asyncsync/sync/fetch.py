@@ -41,6 +41,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import struct
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -79,9 +81,9 @@ def verify_and_write(
     :class:`CorruptBlob`, :class:`ChunkTooLarge` or :class:`DigestMismatch`.
 
     A raw blob (the common case: incompressible data) is hashed in place, piece
-    by piece, and written piece by piece: no copy. Its CRC is not checked on
-    receive: the blake3 digest of the content is checked, and it is strictly
-    stronger (a blob whose CRC alone is wrong is stored; local verify reports it).
+    by piece, and written piece by piece: no copy. Its CRC is checked too (one
+    more pass, cheap next to blake3), so that nothing is stored that a later
+    local verify would flag.
     Compressed blobs are decoded whole (CRC, bounded zstd) and then hashed.
     """
     parts: list[bytes | memoryview] = [data] if isinstance(data, bytes) else data
@@ -94,12 +96,18 @@ def verify_and_write(
             raise ChunkTooLarge(f"chunk of {payload_len} bytes exceeds the limit of {size}")
         if payload_len != size:
             raise CorruptBlob(f"chunk {digest} has {payload_len} bytes, its index says {size}")
-        hasher = blake3.blake3(memoryview(parts[0])[blobcodec.HEADER_SIZE :])
+        first = memoryview(parts[0])[blobcodec.HEADER_SIZE :]
+        hasher = blake3.blake3(first)
+        crc = zlib.crc32(first)
         for p in parts[1:]:
             hasher.update(p)
+            crc = zlib.crc32(p, crc)
         actual = hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(digest, actual)
+        # the content is right, but a stored blob must also pass a later local verify
+        if crc != struct.unpack_from("<I", parts[0], 8)[0]:
+            raise CorruptBlob(f"chunk {digest}: blob CRC mismatch")
         written = store.insert_parts(digest, parts)
     else:
         whole = parts[0] if len(parts) == 1 else b"".join(parts)
