@@ -5,6 +5,9 @@ The public API is re-exported here; everything else is internal.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from .datastore.chunkstore import ChunkStore, SyncLevel
@@ -12,9 +15,32 @@ from .datastore.datastore import Datastore, SnapshotInfo, SnapshotWriter
 from .datastore.manifest import FileEntry, Manifest
 from .errors import AsyncSyncError
 from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId
-from .sync.pull import PullOptions, pull
-from .sync.report import PullProgress, PullReport
-from .sync.source import HttpSource, LocalSource, Source
+
+if TYPE_CHECKING:
+    from .sync.pull import PullOptions, pull
+    from .sync.report import PullProgress, PullReport
+    from .sync.source import HttpSource, LocalSource, Source
+
+# The pull engine (and with it aiohttp) loads on first use, so that commands which do
+# not pull start fast: ``asyncsync.pull`` etc. resolve through __getattr__ below.
+_LAZY = {
+    "PullOptions": "sync.pull",
+    "pull": "sync.pull",
+    "PullProgress": "sync.report",
+    "PullReport": "sync.report",
+    "HttpSource": "sync.source",
+    "LocalSource": "sync.source",
+    "Source": "sync.source",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asyncsync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AsyncSyncError",

@@ -18,15 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from ..config.datastores import open_datastore
 from ..errors import PartialFailure
@@ -48,6 +39,17 @@ def _display(enabled: bool) -> Iterator[tuple[ProgressCallback | None, LogCallba
     if not enabled:
         yield None, lambda line: err.print(line, markup=False)
         return
+    # only a terminal gets the bar: rich.progress is slow to import for scripts
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

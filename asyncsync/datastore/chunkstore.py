@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import secrets
 import time
@@ -53,6 +52,8 @@ def syncfs(path: Path) -> None:
     """Flush the file system holding ``path`` (``syncfs(2)``, else ``sync(2)``)."""
     global _libc
     if _libc is None:
+        import ctypes.util  # only when a sync is needed: find_library is slow to import
+
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
