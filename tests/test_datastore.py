@@ -172,3 +172,22 @@ def test_manifest_is_written_last(store: Datastore) -> None:
     assert store.read_file(ROOT_NS, snap, "conf.blob")
     with pytest.raises(NotFound):
         store.read_file(ROOT_NS, snap, "other.blob")
+
+
+def test_cheap_snapshot_listing_matches_the_full_one(store: Datastore) -> None:
+    store.ensure_group(ROOT_NS, VM, ROOT_AUTH_ID)
+    for t in (3000, 1000, 2000):
+        _write_snapshot(store, ROOT_NS, _snap(t), content=str(t).encode())
+    # an uncommitted writer and a folder without manifest are not snapshots
+    pending = store.begin_snapshot(ROOT_NS, _snap(4000))
+    (store.group_path(ROOT_NS, VM) / _snap(5000).time_str).mkdir()
+    ids = store.list_snapshot_ids(ROOT_NS, VM)
+    assert (
+        ids
+        == [i.snapshot for i in store.list_snapshots(ROOT_NS, VM)]
+        == [_snap(t) for t in (1000, 2000, 3000)]
+    )
+    newest = store.list_snapshots(ROOT_NS, VM)[-1]
+    assert store.manifest_digest(ROOT_NS, ids[-1]) == newest.manifest_digest is not None
+    assert store.manifest_digest(ROOT_NS, _snap(5000)) is None
+    pending.abort()

@@ -295,8 +295,7 @@ class Datastore:
 
     # ---- snapshots -------------------------------------------------------
 
-    def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotInfo]:
-        """Committed snapshots of a group, oldest first."""
+    def _snapshot_candidates(self, ns: Namespace, group: GroupId) -> list[SnapshotId]:
         base = self.group_path(ns, group)
         try:
             names = [e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")]
@@ -308,12 +307,30 @@ class Datastore:
                 snap = SnapshotId(group, parse_time(name))
             except InvalidName:
                 continue
-            if snap.time_str != name:
-                continue
+            if snap.time_str == name:
+                out.append(snap)
+        return out
+
+    def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotInfo]:
+        """Committed snapshots of a group, oldest first (each manifest is read and decoded)."""
+        out = []
+        for snap in self._snapshot_candidates(ns, group):
             info = self.snapshot_info(ns, snap)
             if info is not None:
                 out.append(info)
         return out
+
+    def list_snapshot_ids(self, ns: Namespace, group: GroupId) -> list[SnapshotId]:
+        """Committed snapshots of a group, oldest first, without reading their manifests
+        (one stat each): what a pull needs to choose snapshots."""
+        return [s for s in self._snapshot_candidates(ns, group) if self.snapshot_exists(ns, s)]
+
+    def manifest_digest(self, ns: Namespace, snap: SnapshotId) -> str | None:
+        """blake3 of the stored manifest file (None if the snapshot is gone)."""
+        try:
+            return blob.digest_of((self.snapshot_path(ns, snap) / MANIFEST_NAME).read_bytes())
+        except FileNotFoundError:
+            return None
 
     def snapshot_info(self, ns: Namespace, snap: SnapshotId) -> SnapshotInfo | None:
         path = self.snapshot_path(ns, snap)

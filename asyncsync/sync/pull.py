@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..datastore import blob as blobcodec
-from ..datastore.datastore import Datastore, FileLock, SnapshotInfo
+from ..datastore.datastore import Datastore, FileLock
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
 from ..errors import (
@@ -279,9 +279,17 @@ def _remove_group(store: Datastore, ns: Namespace, group: GroupId) -> tuple[int,
     return count, gone
 
 
+@dataclass(frozen=True, slots=True)
+class LocalSnapshot:
+    """A committed local snapshot as a pull sees it (``manifest_digest`` only for the newest)."""
+
+    snapshot: SnapshotId
+    manifest_digest: str | None
+
+
 def _begin_group(
     store: Datastore, ns: Namespace, group: GroupId, owner: AuthId
-) -> tuple[FileLock, AuthId, list[SnapshotInfo]]:
+) -> tuple[FileLock, AuthId, list[LocalSnapshot]]:
     """A group's local bookkeeping in one thread hop: take its lock, make sure it exists
     (a new group gets ``owner``), and list its local snapshots (only if it is ours).
 
@@ -291,7 +299,13 @@ def _begin_group(
     lock = store.group_lock(ns, group).acquire()
     try:
         actual = store.ensure_group(ns, group, owner)
-        local = store.list_snapshots(ns, group) if actual == owner else []
+        local: list[LocalSnapshot] = []
+        if actual == owner:
+            ids = store.list_snapshot_ids(ns, group)
+            # only the newest local snapshot is ever re-synced: only its manifest is read
+            local = [LocalSnapshot(s, None) for s in ids[:-1]]
+            if ids:
+                local.append(LocalSnapshot(ids[-1], store.manifest_digest(ns, ids[-1])))
     except BaseException:
         lock.release()
         raise
@@ -541,7 +555,7 @@ class _PullRun:
             lock.release()
 
     async def _sync_group(
-        self, res: GroupResult, local: list[SnapshotInfo], listed: list[SnapshotItem] | None
+        self, res: GroupResult, local: list[LocalSnapshot], listed: list[SnapshotItem] | None
     ) -> None:
         remote_snaps = listed if listed is not None else await self.source.list_snapshots(res.ns, res.group)
         for item in remote_snaps:
@@ -694,7 +708,7 @@ class _PullRun:
 
 async def _begin_group_hop(
     store: Datastore, ns: Namespace, group: GroupId, owner: AuthId
-) -> tuple[FileLock, AuthId, list[SnapshotInfo]]:
+) -> tuple[FileLock, AuthId, list[LocalSnapshot]]:
     """:func:`_begin_group` in one thread hop. If we are cancelled meanwhile, the hop is
     waited for (it writes the owner file) and the lock it may have taken is released
     (a leaked flock would block every later pull of the group in a long-running server)."""
