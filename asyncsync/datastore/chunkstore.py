@@ -2,15 +2,18 @@
 
 Every method is blocking (file system I/O, hashing): async callers run them in
 a worker thread. The store is safe for concurrent writers (threads and
-processes): a chunk is written to a temporary file in ``.chunks/.tmp/`` (same
-file system) and renamed into place; an existing chunk of a plausible size is never rewritten,
-only touched (its mtime is what garbage collection's grace period looks at).
+processes): a chunk is written to an unnamed file in its prefix folder
+(``O_TMPFILE``) and linked into place, or, where that is not supported, to a
+temporary file in ``.chunks/.tmp/`` (same file system) renamed into place; an
+existing chunk of a plausible size is never rewritten, only touched (its mtime
+is what garbage collection's grace period looks at).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import secrets
 import time
@@ -106,6 +109,8 @@ class ChunkStore:
         self.sync_level = sync_level
         self.tmp_dir = self.base / TMP_DIR
         self._prefixes: set[str] = set()
+        #: unnamed temp files (O_TMPFILE + link) work here; cleared at the first sign they do not
+        self._tmpfile_ok = hasattr(os, "O_TMPFILE")
 
     def __repr__(self) -> str:
         return f"ChunkStore({str(self.base)!r}, sync_level={self.sync_level.value!r})"
@@ -172,6 +177,12 @@ class ChunkStore:
         if prefix not in self._prefixes:
             folder.mkdir(parents=True, exist_ok=True)
             self._prefixes.add(prefix)
+        if self._tmpfile_ok:
+            linked = self._insert_anonymous(final, parts)
+            if linked is not None:
+                if linked and self.sync_level is SyncLevel.FILE:
+                    fsync_dir(folder)
+                return linked
         if TMP_DIR not in self._prefixes:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             self._prefixes.add(TMP_DIR)
@@ -197,6 +208,59 @@ class ChunkStore:
             raise
         if self.sync_level is SyncLevel.FILE:
             fsync_dir(folder)
+        return True
+
+    def _insert_anonymous(self, final: Path, parts: Sequence[bytes | memoryview]) -> bool | None:
+        """Write the blob as an unnamed file in ``final``'s folder (``O_TMPFILE``), then link it.
+
+        Why: a named temp file in ``.tmp/`` renamed into a prefix folder takes the
+        file system's rename lock and the ``.tmp`` folder's lock for every chunk;
+        with small chunks writer threads spent most of their CPU spinning on
+        them. An unnamed file needs neither, and a crash or cancellation leaves
+        nothing behind (the inode disappears with its descriptor).
+        Returns True if linked, False if a plausible chunk is already there, None
+        when this path cannot be used (no ``O_TMPFILE`` or ``/proc``; the store
+        then uses temp files from now on) or an implausible file must be replaced.
+        """
+        try:
+            fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self._tmpfile_ok = False
+                return None
+            raise StorageError(f"cannot write chunk {final.name}: {exc.strerror}") from exc
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if self.sync_level is SyncLevel.FILE:
+                os.fsync(fd)
+            # linkat(…, AT_SYMLINK_FOLLOW) is what links an unnamed file; Python only calls linkat
+            # (not link, which would link the /proc symlink itself) when a dir fd is given: the
+            # source path is absolute, so the kernel ignores that fd
+            os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+        except FileExistsError:
+            # a concurrent writer was faster; a damaged file there is replaced by the temp-file path
+            try:
+                if not blob.encoded_size_ok(final.stat().st_size):
+                    return None
+                os.utime(final)  # as for a chunk found present before the write
+            except FileNotFoundError:
+                return None
+            return False
+        except FileNotFoundError:
+            if not os.path.isdir("/proc/self/fd"):
+                self._tmpfile_ok = False
+                return None
+            raise StorageError(f"cannot write chunk {final.name}: folder vanished") from None
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EOPNOTSUPP, errno.EPERM):  # linking unnamed files refused
+                self._tmpfile_ok = False
+                return None
+            raise StorageError(f"cannot write chunk {final.name}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
         return True
 
     def insert_data(self, data: bytes | memoryview, *, compress: bool = True) -> tuple[str, bool]:

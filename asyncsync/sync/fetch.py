@@ -8,9 +8,10 @@
         ▼
     bounded queue ──► N workers ──► in-flight byte budget ──► source.fetch_chunks
                                   ──► rate limiter (received bytes)
-                                  ──► one thread hop: decode (CRC, bounded zstd),
-                                      size == index size, blake3 == digest, insert
-                                      (temp file + rename)
+                                  ──► one thread hop per up to FLUSH_CHUNKS received
+                                      chunks: each decoded (CRC, bounded zstd), size ==
+                                      index size, blake3 == digest, then inserted; one
+                                      journal write for the hop
 
 Guarantees:
 
@@ -22,7 +23,8 @@ Guarantees:
   digests are remembered as 32-byte keys for the rest of the run.
 * **Bounded memory.** The queue holds at most ``queue_size`` batches; a worker
   holds its batch's expected bytes from a byte budget (``max_inflight``) while
-  it fetches, verifies and writes; blobs are verified and dropped one by one.
+  it fetches, verifies and writes; received blobs wait for at most one thread
+  hop (:data:`FLUSH_CHUNKS` / :data:`FLUSH_BYTES`) and are dropped after it.
 * **Nothing unverified is written.** A blob is decoded with the index's chunk
   size as the decompression limit (a zstd bomb or an oversized chunk is refused
   before allocation), its content length must equal that size and its blake3
@@ -32,8 +34,9 @@ Guarantees:
   here for the digests not yet received, with exponential backoff and jitter.
   Integrity errors, 403 and 404 are permanent and fail the batch at once.
 * **Cancellation.** Workers live in a task group owned by :meth:`FetchPool.run`;
-  a chunk write is one thread hop that either renames a complete temp file into
-  place or removes it, so a cancelled pull leaves no temp file behind.
+  a thread hop is waited for even when cancelled (:func:`run_write`) and each
+  chunk write in it either puts a complete file in place or leaves none, so a
+  cancelled pull leaves no temp file behind.
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ from .threads import run_write
 
 #: called after each verified chunk with (received bytes, uncompressed bytes)
 ChunkCallback = Callable[[int, int], None]
+#: records stored chunks (digests, in a worker thread, after their write); e.g. ``ResumeJournal.append``
+JournalCallback = Callable[[list[str]], None]
+#: a worker verifies and writes what it received in one thread hop per this many chunks or bytes
+#: (or at the end of a batch): a hop per 64 KiB chunk cost more than the chunk's write
+FLUSH_CHUNKS = 32
+FLUSH_BYTES = 2 * 1024 * 1024
 
 
 def blob_length(data: BlobData) -> int:
@@ -72,7 +81,7 @@ def blob_length(data: BlobData) -> int:
 
 
 def verify_and_write(
-    store: ChunkStore, digest: str, data: BlobData, size: int, journal: Callable[[str], None] | None = None
+    store: ChunkStore, digest: str, data: BlobData, size: int, journal: JournalCallback | None = None
 ) -> bool:
     """Check a received blob against its digest and index size, then store it.
 
@@ -116,8 +125,37 @@ def verify_and_write(
             raise CorruptBlob(f"chunk {digest} has {len(content)} bytes, its index says {size}")
         written = store.insert(digest, whole)
     if journal is not None:
-        journal(digest)
+        journal([digest])
     return written
+
+
+def verify_and_write_many(
+    store: ChunkStore,
+    items: Sequence[tuple[str, BlobData, int]],
+    journal: JournalCallback | None = None,
+) -> tuple[int, Exception | None]:
+    """:func:`verify_and_write` for several received chunks in one thread hop.
+
+    Blocking. Each ``(digest, blob, index size)`` is verified before it is
+    written, in order; the first failure stops the run. Returns how many
+    leading items were verified and stored, and that failure (None if all
+    were). The stored digests are journalled in one call at the end (one
+    ``write`` for all of them): a hop per chunk and a journal write per chunk
+    were what small chunks paid for most. An error of the journal itself is
+    raised (nothing is reported as stored then).
+    """
+    done = 0
+    error: Exception | None = None
+    for digest, data, size in items:
+        try:
+            verify_and_write(store, digest, data, size)
+        except Exception as exc:  # reported with the count of chunks stored before it
+            error = exc
+            break
+        done += 1
+    if journal is not None and done:
+        journal([digest for digest, _, _ in items[:done]])
+    return done, error
 
 
 class ByteBudget:
@@ -220,7 +258,7 @@ class FetchPool:
         retries: int = 3,
         on_chunk: ChunkCallback | None = None,
         on_queued: Callable[[int], None] | None = None,
-        journal: Callable[[str], None] | None = None,
+        journal: JournalCallback | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if workers < 1 or batch_chunks < 1 or batch_bytes < 1:
@@ -439,30 +477,71 @@ class FetchPool:
             await self._budget.release(taken)
 
     async def _fetch_into(self, reader: SnapshotSource, todo: dict[str, _Slot]) -> None:
+        """Receive the chunks of ``todo``; each verified and stored one leaves ``todo``.
+
+        Received chunks are collected and verified + written in one thread hop
+        per :data:`FLUSH_CHUNKS` chunks / :data:`FLUSH_BYTES` bytes (they are
+        within the batch's byte budget already). If the stream breaks, what
+        arrived intact is still stored before the error propagates (a retry
+        then asks only for the rest); on cancellation it is dropped unwritten.
+        """
         stream = reader.fetch_chunks(list(todo))
+        received: list[tuple[_Slot, BlobData, int]] = []
+        received_bytes = 0
         try:
-            async for digest, data in stream:
-                slot = todo.get(digest)
-                if slot is None:
-                    raise RemoteError(f"source sent chunk {digest}, which was not requested")
-                wire = blob_length(data)
-                if wire > blobcodec.MAX_BLOB_SIZE:
-                    raise ChunkTooLarge(f"chunk {digest}: blob of {wire} bytes exceeds the limit")
-                if self.limiter is not None:
-                    await self.limiter.acquire(wire)
-                await run_write(verify_and_write, self.store, digest, data, slot.size, self._journal)
-                del todo[digest]
-                slot.wire = wire
-                self._complete(slot)
-                if self._on_chunk is not None:
-                    self._on_chunk(wire, slot.size)
+            try:
+                async for digest, data in stream:
+                    slot = todo.get(digest)
+                    if slot is None or slot.wire < 0:
+                        raise RemoteError(f"source sent chunk {digest}, which was not requested")
+                    wire = blob_length(data)
+                    if wire > blobcodec.MAX_BLOB_SIZE:
+                        raise ChunkTooLarge(f"chunk {digest}: blob of {wire} bytes exceeds the limit")
+                    if self.limiter is not None:
+                        await self.limiter.acquire(wire)
+                    slot.wire = -1  # received, not yet stored: a second copy is refused
+                    received.append((slot, data, wire))
+                    received_bytes += wire
+                    if len(received) >= FLUSH_CHUNKS or received_bytes >= FLUSH_BYTES:
+                        await self._store(received, todo)
+                        received_bytes = 0
+            except Exception:
+                if received:
+                    await self._store(received, todo)  # keep what arrived intact; raises its own error
+                raise
+            if received:
+                await self._store(received, todo)
         finally:
+            for slot, _, _ in received:  # cancelled: dropped unwritten, fetched again on a retry
+                slot.wire = 0
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
         if todo:
             raise RemoteError(f"source did not send {len(todo)} of the requested chunks")
+
+    async def _store(self, received: list[tuple[_Slot, BlobData, int]], todo: dict[str, _Slot]) -> None:
+        """Verify and write ``received`` in one hop, complete their slots, then empty it."""
+        items = [(slot.digest, data, slot.size) for slot, data, _ in received]
+        try:
+            done, error = await run_write(verify_and_write_many, self.store, items, self._journal)
+        except BaseException:
+            for slot, _, _ in received:
+                slot.wire = 0
+            received.clear()
+            raise
+        for slot, _, wire in received[:done]:
+            del todo[slot.digest]
+            slot.wire = wire
+            self._complete(slot)
+            if self._on_chunk is not None:
+                self._on_chunk(wire, slot.size)
+        for slot, _, _ in received[done:]:
+            slot.wire = 0
+        received.clear()
+        if error is not None:
+            raise error
 
 
 __all__ = [
@@ -471,6 +550,8 @@ __all__ = [
     "FetchOutcome",
     "FetchPool",
     "FetchPoolStatistics",
+    "JournalCallback",
     "blob_length",
     "verify_and_write",
+    "verify_and_write_many",
 ]

@@ -15,7 +15,7 @@ group succeeded the journal is removed (its chunks are then referenced by
 committed snapshots, or are garbage for the next garbage collection).
 
 Concurrent pulls of the same owner append to the same file (``O_APPEND``
-writes of 32 bytes do not interleave); a removal racing with another run's
+writes of whole 32-byte entries do not interleave); a removal racing with another run's
 appends only costs that run a re-download later, never a wrong reuse. Entries
 whose chunk has disappeared since (garbage collection) are harmless: reuse
 always checks that the chunk file is present.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..datastore import blob
@@ -59,14 +60,23 @@ class ResumeJournal:
         end = len(data) - len(data) % 32
         return {data[i : i + 32] for i in range(0, end, 32)}
 
-    def append(self, digest: str) -> None:
-        """Record a verified, stored chunk (opens the file on first use)."""
+    def append(self, digests: str | Sequence[str]) -> None:
+        """Record verified, stored chunks (opens the file on first use).
+
+        Several digests go out in one ``O_APPEND`` write of whole 32-byte
+        entries (the fetch pool journals all chunks of one thread hop at once).
+        """
+        data = bytes.fromhex(digests) if isinstance(digests, str) else bytes.fromhex("".join(digests))
+        if not data:
+            return
         with self._lock:
             if self._fd is None:
                 self.path.parent.mkdir(exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             fd = self._fd
-        os.write(fd, bytes.fromhex(digest))
+        view = memoryview(data)
+        while view:  # a regular file takes it whole; a short write would only split the tail
+            view = view[os.write(fd, view) :]
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,73 @@
+"""The chunk write path: unnamed files linked into place (O_TMPFILE), its temp-file
+fallback, and verify-then-write of several received chunks in one thread hop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from asyncsync.datastore import blob
+from asyncsync.datastore.chunkstore import TMP_DIR, ChunkStore, SyncLevel
+from asyncsync.datastore.datastore import Datastore
+from asyncsync.errors import DigestMismatch
+from asyncsync.sync.fetch import verify_and_write_many
+
+
+def _chunk(n: int, size: int = 4096) -> tuple[str, bytes, int]:
+    data = os.urandom(size - 1) + bytes([n % 256])
+    return blob.digest_of(data), blob.encode(data), size
+
+
+def _files(base: Path) -> list[str]:
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+
+
+def _stores(tmp_path: Path) -> list[ChunkStore]:
+    a = Datastore.create(tmp_path / "a", "a", SyncLevel.NONE).chunks
+    b = Datastore.create(tmp_path / "b", "b", SyncLevel.FILE).chunks
+    b._tmpfile_ok = False  # the fallback: named temp file in .chunks/.tmp + rename
+    return [a, b]
+
+
+def test_insert_stores_exactly_the_blob_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    for store in _stores(tmp_path):
+        digest, encoded, _ = _chunk(1)
+        assert store.insert(digest, encoded) is True
+        assert store.read(digest) == encoded
+        assert store.read_data(digest) == blob.decode(encoded)
+        assert store.insert(digest, encoded) is False  # present: touched, not rewritten
+        assert all(not name.startswith(TMP_DIR) for name in _files(store.base)), _files(store.base)
+
+
+def test_a_damaged_chunk_file_is_replaced(tmp_path: Path) -> None:
+    for store in _stores(tmp_path):
+        digest, encoded, _ = _chunk(2)
+        path = store.path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")  # implausibly short: not a chunk
+        assert store.insert(digest, encoded) is True
+        assert store.read(digest) == encoded
+
+
+def test_many_in_one_hop_stops_at_the_first_bad_chunk(tmp_path: Path) -> None:
+    store = _stores(tmp_path)[0]
+    good = [_chunk(i) for i in range(3)]
+    other_digest, other_blob, size = _chunk(9)
+    bad = (good[0][0][::-1], other_blob, size)  # a blob that does not match its digest
+    journal: list[list[str]] = []
+    done, error = verify_and_write_many(store, [good[0], good[1], bad, good[2]], journal.append)
+    assert done == 2
+    assert isinstance(error, DigestMismatch)
+    assert journal == [[good[0][0], good[1][0]]]  # one journal write for the hop
+    assert store.exists(good[0][0]) and store.exists(good[1][0])
+    assert not store.exists(good[2][0])  # nothing after the failure is written
+    assert not store.exists(other_digest)
+
+
+def test_many_in_one_hop_all_good(tmp_path: Path) -> None:
+    store = _stores(tmp_path)[1]
+    items = [_chunk(i, size=1000 + i) for i in range(5)]
+    done, error = verify_and_write_many(store, items, None)
+    assert (done, error) == (5, None)
+    for digest, encoded, _ in items:
+        assert store.read(digest) == encoded
