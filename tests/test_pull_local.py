@@ -12,6 +12,7 @@ import json
 import random
 import struct
 import zlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,15 +29,15 @@ from pullutil import (
     store_tree,
 )
 
-from asyncsync import PullOptions, PullReport, pull
+from asyncsync import PullOptions, PullReport, protocol, pull
 from asyncsync.datastore import blob
 from asyncsync.datastore.datastore import Datastore
-from asyncsync.errors import InvalidInput, PartialFailure, TransientRemoteError
+from asyncsync.errors import InvalidInput, PartialFailure, RemoteError, TransientRemoteError
 from asyncsync.names import AuthId, GroupId, Namespace, SnapshotId
 from asyncsync.protocol import SnapshotItem
 from asyncsync.sync.groupfilter import GroupFilters
 from asyncsync.sync.report import GroupStatus, PullProgress
-from asyncsync.sync.source import LocalSource
+from asyncsync.sync.source import BlobData, LocalSource, SnapshotSource
 
 N = Namespace.parse
 G = GroupId.parse
@@ -573,3 +574,103 @@ def test_invalid_options_are_refused_with_the_field_named() -> None:
         PullOptions(burst_in=1000)
     with pytest.raises(InvalidInput, match="max-depth"):
         PullOptions(ns=N("a/b/c/d/e/f"), max_depth=2)
+
+
+# ---- bounded memory: file size limit, writer open while files download ------------------
+
+
+def test_local_source_refuses_a_file_over_the_download_limit(
+    src: Datastore, dst: Datastore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an index larger than the manifest, so that the manifest passes and the index does not
+    snap = add_snapshot(src, "", "vm/1", T0, chunks=20)
+    folder = src.snapshot_path(N(""), snap)
+    manifest_size = (folder / MANIFEST_NAME).stat().st_size
+    index_size = (folder / "root.didx").stat().st_size
+    assert manifest_size < index_size
+    monkeypatch.setattr(protocol, "MAX_FILE_SIZE", index_size - 1)
+
+    async def direct() -> None:
+        reader = await LocalSource(src).open_reader(N(""), snap)
+        assert len(await reader.download(MANIFEST_NAME)) == manifest_size
+        with pytest.raises(RemoteError, match="exceeds the limit"):
+            await reader.download("root.didx")
+        monkeypatch.setattr(protocol, "MAX_FILE_SIZE", index_size)  # exactly at the limit: fine
+        assert len(await reader.download("root.didx")) == index_size
+        monkeypatch.setattr(protocol, "MAX_FILE_SIZE", index_size - 1)
+
+    asyncio.run(direct())
+    report = run(src, dst)
+    assert [g.status for g in report.groups] == [GroupStatus.FAILED]
+    assert "exceeds the limit" in (report.groups[0].error or "")
+    assert dst.list_snapshots(N(""), G("vm/1")) == []
+    assert leftovers(dst) == []  # the snapshot's temp folder was open when the index was refused
+
+
+def _temp_contents(store: Datastore) -> list[str]:
+    return sorted(p.name for t in leftovers(store) for p in Path(t).iterdir())
+
+
+class _GatedSource(FaultySource):
+    """Downloads of ``gate_file`` wait (forever, or until failing) once ``reached`` is set."""
+
+    def __init__(self, inner: LocalSource, target: Datastore, gate_file: str, fail: bool) -> None:
+        super().__init__(inner)
+        self.target = target
+        self.reached = asyncio.Event()
+        self.gate_file = gate_file
+        self.fail = fail
+        #: files in the store's temp folders when the gate was reached
+        self.temp_seen: list[str] = []
+
+    async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
+        inner = await super().open_reader(ns, snap)
+        outer = self
+
+        class Gated:
+            async def download(self, name: str) -> bytes:
+                if name == outer.gate_file and not outer.reached.is_set():
+                    # the writer is open and the files before this one are in its folder
+                    outer.temp_seen = await asyncio.to_thread(_temp_contents, outer.target)
+                    outer.reached.set()
+                    if outer.fail:
+                        raise TransientRemoteError("connection reset while downloading")
+                    await asyncio.Event().wait()
+                return await inner.download(name)
+
+            def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, BlobData]]:
+                return inner.fetch_chunks(digests)
+
+            async def aclose(self) -> None:
+                await inner.aclose()
+
+        return Gated()
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["cancelled", "failed"])
+def test_snapshot_temp_folder_is_removed_when_a_file_download_stops(
+    src: Datastore, dst: Datastore, fail: bool
+) -> None:
+    two_groups(src)
+    gated = _GatedSource(LocalSource(src), dst, "disk.fidx", fail)  # the second file of the manifest
+
+    async def go() -> PullReport | None:
+        task = asyncio.create_task(pull(gated, dst, PullOptions(group_workers=1)))
+        if fail:
+            return await task
+        await gated.reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return None
+
+    report = asyncio.run(go())
+    assert gated.temp_seen == ["root.didx"]  # written as soon as downloaded, before any chunk
+    assert leftovers(dst) == []
+    if report is not None:
+        assert not report.ok and "connection reset" in (report.groups[0].error or "")
+    assert dst.list_snapshots(N(""), G("vm/1")) == []  # the group pulled first, stopped mid-files
+    report = asyncio.run(pull(LocalSource(src), dst))
+    assert report.ok
+    assert store_tree(dst) == store_tree(src)
+    assert leftovers(dst) == []

@@ -12,12 +12,16 @@ Pipeline (see ``docs/architecture.md`` for the why)::
       list snapshots → choose (skip unfinished; newer than the newest local one
         plus a re-sync of that one; transfer-last; verified-only)
       per snapshot: open reader → manifest (checked: same snapshot; an unchanged
-        re-sync stops here) → each file (csum from the manifest; indexes decoded)
+        re-sync stops here) → open a SnapshotWriter (hidden temp folder in the
+        group) → each file, one at a time: download, then one thread hop checks
+        it (csum from the manifest; indexes decoded) and writes it into the temp
+        folder; only the index's (32-byte digest, size) pairs are kept
         → chunks to fetch: all referenced digests except those a local snapshot
         of the same owner already references and that are present
         → shared fetch pool (dedup, batching, rate limit, verify, temp+rename)
-        → all chunks durable → write files + manifest into a hidden folder,
-          sync, rename (the local .protected marker survives)
+        → all chunks durable → write the manifest, sync, rename (the local
+          .protected marker survives); any error or cancellation removes the
+          temp folder
       remove-vanished snapshots of the group (protected ones stay)
     remove-vanished groups and namespaces in scope (not after errors)
     → PullReport
@@ -27,9 +31,14 @@ Per-group failures are recorded in the report and the other groups carry on;
 failures (bad options, the remote unreachable or refusing the listing, a tree
 too deep) raise before anything is transferred. Cancelling the task at any
 point leaves the store consistent: a snapshot appears whole or not at all, and
-no temp file survives (chunk writes and snapshot commits are single thread
-hops that finish or clean up; the temp folder of a killed process is removed
-by the next run).
+no temp file survives (chunk writes, snapshot file writes and commits are
+single thread hops that finish or clean up, and the snapshot's temp folder is
+removed on the way out; the temp folder of a killed process is removed by the
+next run).
+
+Memory per snapshot is one file at a time (each at most
+:data:`~asyncsync.protocol.MAX_FILE_SIZE`, as every source enforces) plus the
+needed-chunk map (32-byte digest → size), and the fetch pool's own bounds.
 """
 
 from __future__ import annotations
@@ -37,15 +46,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..datastore import blob as blobcodec
-from ..datastore.datastore import Datastore, FileLock
+from ..datastore.datastore import Datastore, FileLock, SnapshotWriter
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
 from ..errors import (
@@ -62,7 +72,7 @@ from ..errors import (
 from ..names import ROOT_AUTH_ID, ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
 from ..protocol import GroupItem, SnapshotItem
 from ..units import format_rate, format_size
-from .fetch import FetchPool
+from .fetch import FetchOutcome, FetchPool
 from .groupfilter import GroupFilters
 from .journal import ResumeJournal
 from .nsmap import NamespaceMap
@@ -78,6 +88,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asyncsync.sync")
 
 MiB = 1024 * 1024
+
+#: chunks handed to the fetch pool per call: bounds the hex digest lists the pool
+#: works with (its API takes hex); large enough that the pause between calls is rare
+FETCH_SLICE = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +189,14 @@ class PullOptions:
 # ---- blocking helpers (each called in one thread hop) ------------------------------
 
 
-def _check_file(entry: FileEntry, data: bytes) -> list[tuple[str, int]]:
-    """Check one downloaded file against its manifest entry; return the chunks of an index."""
+def _check_and_add(writer: SnapshotWriter, entry: FileEntry, data: bytes, needed: dict[bytes, int]) -> None:
+    """Check one downloaded file against its manifest entry, then write it into ``writer``.
+
+    One thread hop per file. The chunks an index references are added to
+    ``needed`` (raw digest → size; first occurrence keeps its place). The caller
+    does not touch ``needed`` while this runs (it awaits the hop, also when
+    cancelled: :func:`run_write`).
+    """
     actual = blobcodec.digest_of(data)
     if actual != entry.csum:
         raise IntegrityError(f"file {entry.filename}: checksum {actual} does not match the manifest")
@@ -186,26 +206,26 @@ def _check_file(entry: FileEntry, data: bytes) -> list[tuple[str, int]]:
             raise CorruptIndex(
                 f"index {entry.filename} describes {index.total_size} bytes, the manifest says {entry.size}"
             )
-        seen: set[bytes] = set()
-        out: list[tuple[str, int]] = []
+        # the map is only updated once the whole file is known good and written
+        writer.add_file(entry.filename, data, size=entry.size)
         for digest, size in index.chunk_sizes():
-            if digest not in seen:
-                seen.add(digest)
-                out.append((digest.hex(), size))
-        return out
+            needed.setdefault(digest, size)
+        return
     content = blobcodec.decode(data)  # a .blob: CRC and bounded decompression
     if len(content) != entry.size:
         raise CorruptBlob(f"blob {entry.filename} holds {len(content)} bytes, the manifest says {entry.size}")
-    return []
+    del content
+    writer.add_file(entry.filename, data, size=entry.size)
 
 
-def _present_and_touch(store: Datastore, digests: Sequence[str]) -> set[str]:
+def _present_and_touch(store: Datastore, digests: Sequence[bytes]) -> set[bytes]:
     """Those of ``digests`` present in the chunk store; their mtime is refreshed so that
     a garbage collection running concurrently keeps them (as Proxmox does)."""
     out = set()
     for d in digests:
-        if store.chunks.exists(d):
-            store.chunks.touch(d)
+        h = d.hex()
+        if store.chunks.exists(h):
+            store.chunks.touch(h)
             out.add(d)
     return out
 
@@ -236,17 +256,29 @@ def _trusted_digests(store: Datastore, owner: AuthId) -> set[bytes]:
     return out
 
 
-def _write_snapshot(
-    store: Datastore,
-    ns: Namespace,
-    snap: SnapshotId,
-    files: list[tuple[FileEntry, bytes]],
-    manifest: Manifest,
-) -> None:
-    with store.begin_snapshot(ns, snap) as writer:
-        for entry, data in files:
-            writer.add_file(entry.filename, data, size=entry.size)
-        writer.commit(manifest=manifest)
+def _open_writer(store: Datastore, ns: Namespace, snap: SnapshotId) -> SnapshotWriter:
+    return store.begin_snapshot(ns, snap)
+
+
+@contextlib.asynccontextmanager
+async def _snapshot_writer(
+    store: Datastore, ns: Namespace, snap: SnapshotId
+) -> AsyncIterator[SnapshotWriter]:
+    """:meth:`Datastore.begin_snapshot` as an async context manager, every blocking call
+    in a worker thread: leaving without a commit (an error, a cancellation) removes the
+    temp folder, and so does a cancellation while the folder is being created."""
+    fut = asyncio.get_running_loop().run_in_executor(None, _open_writer, store, ns, snap)
+    try:
+        writer = await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        if not fut.cancelled() and fut.exception() is None:
+            await run_write(fut.result().abort)
+        raise
+    try:
+        yield writer
+    finally:
+        await run_write(writer.abort)  # no-op after a commit
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -597,12 +629,29 @@ class _PullRun:
                 self._trusted = trusted
             return self._trusted
 
-    async def _plan_chunks(self, needed: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
-        """(chunks to fetch, number reused locally). Only trusted local chunks are reused."""
+    async def _plan_chunks(self, needed: dict[bytes, int]) -> int:
+        """Drop from ``needed`` the chunks reused locally and return how many that was.
+
+        Only trusted local chunks are reused (and touched, so a concurrent gc keeps them).
+        """
         trusted = await self._trusted_set()
-        candidates = [d for d, _ in needed if bytes.fromhex(d) in trusted and not self.pool.is_done(d)]
+        candidates = [d for d in needed if d in trusted and not self.pool.is_done(d.hex())]
         present = await run_write(_present_and_touch, self.target, candidates) if candidates else set()
-        return [(d, s) for d, s in needed if d not in present], len(present)
+        for d in present:
+            del needed[d]
+        return len(present)
+
+    async def _fetch_needed(self, reader: SnapshotSource, needed: dict[bytes, int]) -> FetchOutcome:
+        """Fetch every chunk of ``needed`` through the pool, :data:`FETCH_SLICE` at a time."""
+        total = FetchOutcome()
+        items = iter(needed.items())
+        while batch := [(d.hex(), size) for d, size in itertools.islice(items, FETCH_SLICE)]:
+            outcome = await self.pool.fetch(reader, batch)
+            total.chunks += outcome.chunks
+            total.bytes += outcome.bytes
+            total.logical_bytes += outcome.logical_bytes
+            total.deduplicated += outcome.deduplicated
+        return total
 
     async def _pull_snapshot(self, res: GroupResult, item: SnapshotItem, exists_locally: bool) -> None:
         snap = item.snapshot
@@ -623,20 +672,22 @@ class _PullRun:
                     res.snapshots_unchanged += 1
                     self.report.snapshots_unchanged += 1
                     return
-            files: list[tuple[FileEntry, bytes]] = []
-            needed: list[tuple[str, int]] = []
+            needed: dict[bytes, int] = {}
             file_bytes = len(raw)
-            for entry in manifest.files:
-                data = await reader.download(entry.filename)
-                await self._received(len(data))
-                file_bytes += len(data)
-                needed.extend(await asyncio.to_thread(_check_file, entry, data))
-                files.append((entry, data))
-            wanted, reused = await self._plan_chunks(needed)
-            self.report.chunks_reused += reused
-            outcome = await self.pool.fetch(reader, wanted)
-            self.report.chunks_reused += outcome.deduplicated
-            await run_write(_write_snapshot, self.target, res.local_ns, snap, files, manifest)
+            async with _snapshot_writer(self.target, res.local_ns, snap) as writer:
+                for entry in manifest.files:
+                    # one file in memory at a time: written to the temp folder, then dropped
+                    data = await reader.download(entry.filename)
+                    await self._received(len(data))
+                    file_bytes += len(data)
+                    await run_write(_check_and_add, writer, entry, data, needed)
+                    del data
+                reused = await self._plan_chunks(needed)
+                self.report.chunks_reused += reused
+                outcome = await self._fetch_needed(reader, needed)
+                needed.clear()
+                self.report.chunks_reused += outcome.deduplicated
+                await run_write(writer.commit, manifest=manifest)
         finally:
             await reader.aclose()
         res.snapshots_synced += 1

@@ -11,7 +11,9 @@ Contract of every source:
 * :meth:`Source.open_reader` opens one snapshot for reading. As on the server
   (Proxmox's reader rule), a reader may only fetch chunks referenced by an index
   it has already downloaded;
-* :meth:`SnapshotSource.download` returns a file's bytes *as stored* (no checks);
+* :meth:`SnapshotSource.download` returns a file's bytes *as stored* (no checks),
+  and refuses (:class:`~asyncsync.errors.RemoteError`) a file over
+  :data:`asyncsync.protocol.MAX_FILE_SIZE` without holding more than that;
 * :meth:`SnapshotSource.fetch_chunks` yields ``(digest, blob)`` pairs in request
   order, blobs **unverified**: the engine verifies every byte before writing. A
   blob is :data:`BlobData`: its bytes, or its bytes in pieces (a list, in order),
@@ -22,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from .. import protocol
 from ..datastore.datastore import Datastore
 from ..datastore.index import decode_index
-from ..errors import CorruptIndex, NotFound, PermissionDenied
-from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
+from ..datastore.manifest import MANIFEST_NAME
+from ..errors import CorruptIndex, NotFound, PermissionDenied, RemoteError
+from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId, check_archive_name
 from ..protocol import GroupItem, SnapshotItem
 
 if TYPE_CHECKING:
@@ -92,6 +97,32 @@ class BulkListing(Protocol):
 # ---- local datastore ----------------------------------------------------------
 
 
+def _read_bounded(store: Datastore, ns: Namespace, snap: SnapshotId, name: str, max_size: int) -> bytes:
+    """:meth:`Datastore.read_file` that refuses a file over ``max_size`` bytes before reading it.
+
+    The same limit and error kind (:class:`RemoteError`: the source misbehaves) as
+    the HTTP client's download, so that a pull holds at most one bounded file in
+    memory whatever the source. Blocking. At most ``max_size + 1`` bytes are ever
+    read, also if the file grows meanwhile.
+    """
+    if name != MANIFEST_NAME:
+        check_archive_name(name)
+    if not store.snapshot_exists(ns, snap):
+        raise NotFound(f"snapshot {snap} not found")
+    path = store.snapshot_path(ns, snap) / name
+    too_large = RemoteError(f"file {name} of {snap} exceeds the limit of {max_size} bytes")
+    try:
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size > max_size:
+                raise too_large
+            data = f.read(max_size + 1)
+    except FileNotFoundError:
+        raise NotFound(f"file {name} not found in snapshot {snap}") from None
+    if len(data) > max_size:
+        raise too_large
+    return data
+
+
 class LocalSnapshotSource:
     """Reads one snapshot of a local datastore; enforces the reader rule like the server."""
 
@@ -105,7 +136,7 @@ class LocalSnapshotSource:
         return f"LocalSnapshotSource({self._store.name!r}, {self._snap!s}, allowed={len(self._allowed)})"
 
     def _read(self, name: str) -> bytes:
-        data = self._store.read_file(self._ns, self._snap, name)
+        data = _read_bounded(self._store, self._ns, self._snap, name, protocol.MAX_FILE_SIZE)
         if name.endswith((".fidx", ".didx")):
             # a corrupt index makes nothing fetchable; the engine reports it
             with contextlib.suppress(CorruptIndex):
