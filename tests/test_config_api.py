@@ -295,3 +295,58 @@ async def test_remote_privileges_and_secrets(api: Api, local: tuple[Paths, dict[
     assert (await api.call("rmod", "DELETE", "/remote/pbs4"))[0] == 200
     assert not await th(remotes.remote_exists, paths, "pbs4")
     assert "pbs4" not in (paths.config / "remote.shadow").read_text()
+
+
+async def test_unknown_and_forbidden_ids_answer_alike(api: Api, local: tuple[Paths, dict[str, str]]) -> None:
+    """A caller that may not see an object cannot tell an unknown id from a forbidden one."""
+    paths = local[0]
+    assert (await api.call("admin", "POST", "/sync", {"id": "hidden", **job(store="other")}))[0] == 200
+    before = (paths.config / "sync.cfg").read_bytes()
+
+    async def answer(who: str, method: str, path: str, name: str, body: dict[str, Any] | None) -> Any:
+        code, ans = await api.call(who, method, path, body)
+        # the message may echo the id the caller sent, nothing else may differ
+        return code, ans["error"]["code"], ans["error"]["message"].replace(name, "ID")
+
+    requests: list[tuple[str, dict[str, Any] | None]] = [
+        ("GET", None),
+        ("PUT", {"comment": "x"}),
+        ("PUT", {"remote": "nowhere"}),  # would be 400 if checked before the rights
+        ("DELETE", None),
+    ]
+    # dsraudit and dsadmin may see jobs into "local", not into "other"; none may audit every job
+    for who in ("op", "dsaudit", "ra", "remoteonly", "dsraudit", "dsadmin", "op-user"):
+        for method, body in requests:
+            hidden = await answer(who, method, "/sync/hidden", "hidden", body)
+            unknown = await answer(who, method, "/sync/nosuch", "nosuch", body)
+            assert hidden == unknown, (who, method, hidden, unknown)
+            assert hidden[0] == 403 and "other" not in hidden[2], (who, method, hidden)
+    assert (paths.config / "sync.cfg").read_bytes() == before
+
+    # a caller that may audit every job learns nothing from a 404
+    for who in ("admin", "auditor"):
+        for method, body in requests[:2] + requests[3:]:
+            code, ans = await api.call(who, method, "/sync/nosuch", body)
+            assert code == 404 and ans["error"]["code"] == "not-found", (who, method, ans)
+    assert (await api.call("auditor", "PUT", "/sync/hidden", {"comment": "x"}))[0] == 403
+    assert (await api.call("auditor", "DELETE", "/sync/hidden"))[0] == 403
+    # a caller that may read a job but not change it is told which privilege it lacks
+    assert (await api.call("admin", "POST", "/sync", {"id": "seen", **job()}))[0] == 200
+    code, ans = await api.call("dsraudit", "PUT", "/sync/seen", {"comment": "x"})
+    assert code == 403 and "Datastore.Backup" in ans["error"]["message"]
+    assert (paths.config / "sync.cfg").read_bytes() != before  # "seen" was added, nothing else
+    assert (await th(syncjobs.get_job, paths, "hidden")).comment == ""
+
+    # remotes: the privilege on /remote/{name} is checked before the lookup
+    for who, method, body in [
+        ("ra", "GET", None),
+        ("rmod2", "PUT", {"comment": "x"}),
+        ("rmod2", "DELETE", None),
+        ("dsaudit", "GET", None),
+    ]:
+        hidden = await answer(who, method, "/remote/pbs3", "pbs3", body)
+        unknown = await answer(who, method, "/remote/nope", "nope", body)
+        assert hidden == unknown and hidden[0] == 403, (who, method, hidden, unknown)
+    for method, body in [("GET", None), ("PUT", {"comment": "x"}), ("DELETE", None)]:
+        assert (await api.call("rmod", method, "/remote/nope", body))[0] == 404
+    assert not (await th(remotes.get_remote, paths, "pbs3")).comment

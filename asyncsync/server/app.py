@@ -166,6 +166,101 @@ class _AccessLogger(AbstractAccessLogger):
         )
 
 
+# ---- request-head deadline (slowloris) ------------------------------------------------
+#
+# aiohttp bounds the size of a request head but not the time it may take to arrive: a
+# client that trickles header bytes holds its connection (and a file descriptor) for as
+# long as the keep-alive timer allows. Each connection therefore gets one timer
+# (``call_later``, no polling), armed when the connection is made and again at the first
+# byte after a response, and cancelled as soon as the parser completes a request head.
+# If it fires, the connection is closed without an answer. Body and handler time are
+# bounded elsewhere (ServerOptions.body_timeout, write_timeout).
+
+
+class _HeadDeadlineHandler(web.RequestHandler):
+    """A :class:`web.RequestHandler` that closes its connection if a request head is late."""
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        #: a response is done and no further request is queued: the next byte starts a head
+        self._between_requests = False
+
+    def _arm(self) -> None:
+        if self._header_timeout > 0 and self._head_timer is None:
+            self._head_timer = asyncio.get_running_loop().call_later(self._header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _expired(self) -> None:
+        self._head_timer = None
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        log.info("closing connection from %s: request headers not complete in time", peer)
+        self.force_close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._between_requests:
+            self._between_requests = False
+            self._arm()
+        # the parser counts every request head it completes (or rejects, answered with 400)
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._disarm()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        # an idle keep-alive connection is the keep-alive timer's business; the head
+        # deadline starts with the next request's first byte (unless one is queued already)
+        self._between_requests = not self._messages
+        return result
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+class _HeadDeadlineServer(web.Server):
+    """The app's :class:`web.Server`, making :class:`_HeadDeadlineHandler` connections."""
+
+    def __init__(self, base: web.Server, header_timeout: float) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self._header_timeout = header_timeout
+
+    def __call__(self) -> web.RequestHandler:
+        return _HeadDeadlineHandler(
+            self, header_timeout=self._header_timeout, loop=self._loop, **self._kwargs
+        )
+
+
+class _Runner(web.AppRunner):
+    """An :class:`web.AppRunner` whose connections have a request-head deadline."""
+
+    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        # AppRunner builds the server (and starts the app); only the handler class changes
+        return _HeadDeadlineServer(await super()._make_server(), self._header_timeout)
+
+
 #: ``--listen`` default: all interfaces (IPv6 and IPv4), the Proxmox port
 DEFAULT_LISTEN = f":{protocol.DEFAULT_PORT}"
 
@@ -254,8 +349,9 @@ async def serve(
         ssl_ctx = await asyncio.to_thread(server_context, target)
         fingerprint = info.fingerprint
     access_log = logging.getLogger("asyncsync.access") if opts.access_log else None
-    runner = web.AppRunner(
+    runner = _Runner(
         application,
+        header_timeout=opts.header_timeout,
         access_log=access_log,
         access_log_class=_AccessLogger,
         shutdown_timeout=opts.shutdown_timeout,

@@ -31,6 +31,9 @@ class ServerOptions:
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 64
+    #: a request line and headers must arrive within this many seconds of the connection
+    #: being made, or of the first byte of a later keep-alive request (slowloris); 0: off
+    header_timeout: float = 30.0
     #: a request body must arrive within this many seconds
     body_timeout: float = 30.0
     #: one write to a client must drain within this many seconds (slow readers are cut)

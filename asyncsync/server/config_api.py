@@ -13,6 +13,13 @@
 ``DELETE /config/sync/{id}``                remove (modify access to the job)
 ==========================================  =========================================================
 
+Existence is not leaked: a remote's route checks the privilege on ``/remote/{name}``
+before looking the remote up, so a caller without it gets 403 whether or not the
+remote exists. A sync job's ACL paths come from the job itself, so an unknown job id
+answers 404 only to a caller who may audit *every* job (Datastore.Audit on
+``/datastore`` and Remote.Audit on ``/remote``); anyone else gets the same 403, with
+the same message, as for an existing job it may not see (:func:`_job_or_deny`).
+
 Bodies are JSON objects (or form fields) using the config keys (``remote-store``,
 ``auth-id`` — ``userid`` is accepted as its older name); ``PUT`` also takes
 ``delete`` (a list, or a comma-separated string) and ``digest`` (refused with
@@ -36,9 +43,10 @@ from .. import protocol
 from ..access import AccessControl
 from ..access.privileges import Privilege, datastore_acl_path, remote_acl_path
 from ..config import remotes, syncjobs
+from ..config.paths import Paths
 from ..config.remotes import RemoteConfig
 from ..config.syncjobs import SyncJobConfig
-from ..errors import InvalidInput, PermissionDenied
+from ..errors import InvalidInput, NotFound, PermissionDenied
 from ..jobs.state import SYNC_JOB_TYPE, forget_job
 from ..names import AuthId
 from .common import get_access, get_auth_id, ok, read_json
@@ -72,6 +80,18 @@ def can_read_job(access: AccessControl, auth_id: AuthId, job: SyncJobConfig) -> 
     )
 
 
+def can_audit_all_jobs(access: AccessControl, auth_id: AuthId) -> bool:
+    """True if ``auth_id`` may read any sync job that could exist, so a 404 tells it nothing new."""
+    return _has(access, auth_id, "/datastore", P.DATASTORE_AUDIT) and _has(
+        access, auth_id, "/remote", P.REMOTE_AUDIT
+    )
+
+
+def _denied(id: str) -> PermissionDenied:
+    """The one answer for an unknown or an unreadable job: callers must not tell them apart."""
+    return PermissionDenied(f"permission denied for sync job {id!r}")
+
+
 def owns(auth_id: AuthId, owner: AuthId) -> bool:
     """True if groups owned by ``owner`` are the caller's own (itself, or a token of the calling user)."""
     if owner == auth_id:
@@ -95,6 +115,49 @@ def check_modify_job(access: AccessControl, auth_id: AuthId, job: SyncJobConfig)
     if not owns(auth_id, job.owner):
         access.check(auth_id, ds_path, P.DATASTORE_MODIFY)
     access.check(auth_id, remote_acl_path(job.remote, job.remote_store), P.REMOTE_READ)
+
+
+def _may_modify(access: AccessControl, auth_id: AuthId, job: SyncJobConfig) -> bool:
+    try:
+        check_modify_job(access, auth_id, job)
+    except PermissionDenied:
+        return False
+    return True
+
+
+def _may_see(access: AccessControl, auth_id: AuthId, job: SyncJobConfig, *, modify: bool) -> bool:
+    """May the caller learn that ``job`` exists: it may read it, or (``modify``) change it.
+
+    (A Datastore.Backup user may manage its own jobs without Datastore.Audit.)
+    """
+    return can_read_job(access, auth_id, job) or (modify and _may_modify(access, auth_id, job))
+
+
+def _job_or_deny(
+    paths: Paths, access: AccessControl, auth_id: AuthId, id: str, *, modify: bool = False
+) -> tuple[SyncJobConfig, str]:
+    """Job ``id`` and the file digest, for a caller that may see it (:func:`_may_see`).
+
+    Unknown id: :class:`NotFound` if the caller may audit every job, else the same
+    :class:`PermissionDenied` an existing job it may not see gets.
+    """
+    try:
+        job, digest = syncjobs.get_job_with_digest(paths, id)
+    except NotFound:
+        if can_audit_all_jobs(access, auth_id):
+            raise
+        raise _denied(id) from None
+    if not _may_see(access, auth_id, job, modify=modify):
+        raise _denied(id)
+    return job, digest
+
+
+def _check_modify_old(access: AccessControl, auth_id: AuthId, job: SyncJobConfig) -> None:
+    """:func:`check_modify_job` on an existing job. Its detailed denial names the job's store
+    and remote, so only a caller that may read the job gets it; others get the generic one."""
+    if not _may_see(access, auth_id, job, modify=True):
+        raise _denied(job.id)
+    check_modify_job(access, auth_id, job)
 
 
 # ---- body helpers ----------------------------------------------------------------
@@ -256,9 +319,7 @@ async def get_sync_job(request: web.Request) -> web.Response:
     id = request.match_info["id"]
 
     def run() -> dict[str, Any]:
-        job, digest = syncjobs.get_job_with_digest(paths, id)
-        if not can_read_job(access, auth_id, job):
-            raise PermissionDenied(f"permission denied for sync job {id!r}")
+        job, digest = _job_or_deny(paths, access, auth_id, id)
         return {**job.to_json(), "digest": digest}
 
     return ok(await asyncio.to_thread(run))
@@ -278,13 +339,19 @@ async def update_sync_job(request: web.Request) -> web.Response:
     def authorize(old: SyncJobConfig | None, new: SyncJobConfig | None) -> None:
         # both sides: the caller must not be able to take over (or retarget) a job that
         # pulls into a store it could not set up a job for
-        for job in (old, new):
-            if job is not None:
-                check_modify_job(access, auth_id, job)
+        if old is not None:
+            _check_modify_old(access, auth_id, old)
+        if new is not None:
+            check_modify_job(access, auth_id, new)
 
-    job = await asyncio.to_thread(
-        syncjobs.update_job, paths, id, body, delete=delete, digest=digest, authorize=authorize
-    )
+    def run() -> SyncJobConfig:
+        # existence and rights first, so an unknown or unreadable job answers the same
+        # 403 before the body is checked against the configuration (which could answer 400);
+        # ``authorize`` repeats the check under the file lock on what is really written
+        _check_modify_old(access, auth_id, _job_or_deny(paths, access, auth_id, id, modify=True)[0])
+        return syncjobs.update_job(paths, id, body, delete=delete, digest=digest, authorize=authorize)
+
+    job = await asyncio.to_thread(run)
     return ok(job.to_json())
 
 
@@ -297,9 +364,13 @@ async def delete_sync_job(request: web.Request) -> web.Response:
 
     def authorize(old: SyncJobConfig | None, new: SyncJobConfig | None) -> None:
         assert old is not None
-        check_modify_job(access, auth_id, old)
+        _check_modify_old(access, auth_id, old)
 
-    await asyncio.to_thread(syncjobs.remove_job, paths, id, digest=digest, authorize=authorize)
+    def run() -> None:
+        _check_modify_old(access, auth_id, _job_or_deny(paths, access, auth_id, id, modify=True)[0])
+        syncjobs.remove_job(paths, id, digest=digest, authorize=authorize)
+
+    await asyncio.to_thread(run)
     await asyncio.to_thread(forget_job, paths, SYNC_JOB_TYPE, id)
     return ok(None)
 
@@ -318,4 +389,4 @@ def setup(app: web.Application) -> None:
     app.router.add_delete(SYNC_JOBS + "/{id}", delete_sync_job)
 
 
-__all__ = ["can_read_job", "check_modify_job", "owns", "setup"]
+__all__ = ["can_audit_all_jobs", "can_read_job", "check_modify_job", "owns", "setup"]
