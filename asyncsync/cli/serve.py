@@ -65,6 +65,13 @@ def _setup_logging(access_log: str | None, verbose: bool) -> None:
     show_default=True,
     help="Seconds in-flight requests get to finish after SIGTERM/SIGINT.",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Close connections whose request headers are not complete within this many seconds (0: off).",
+)
 @click.option("--no-scheduler", is_flag=True, help="Serve only: do not run scheduled sync jobs.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
@@ -75,6 +82,7 @@ def serve(
     access_log: str | None,
     no_access_log: bool,
     shutdown_timeout: float,
+    header_timeout: float,
     no_scheduler: bool,
     verbose: bool,
 ) -> None:
@@ -92,7 +100,10 @@ def serve(
         warn("serving plain HTTP (--no-tls): credentials and data cross the network unencrypted")
     _setup_logging(access_log, verbose)
     options = ServerOptions(
-        access_log=not no_access_log, shutdown_timeout=shutdown_timeout, scheduler=not no_scheduler
+        access_log=not no_access_log,
+        shutdown_timeout=shutdown_timeout,
+        header_timeout=header_timeout,
+        scheduler=not no_scheduler,
     )
 
     def ready(info: ServerInfo) -> None:
