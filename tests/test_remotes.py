@@ -11,6 +11,7 @@ import sys
 from subprocess import PIPE
 
 import pytest
+from cliutil import run, table_rows
 from hypothesis import given
 from hypothesis import strategies as st
 from serverutil import (
@@ -26,24 +27,6 @@ from asyncsync.errors import AlreadyExists, Conflict, FingerprintMismatch, Inval
 
 FP = ":".join(f"{b:02x}" for b in range(0x40, 0x60))  # 32 bytes
 FP2 = ":".join(["ab"] * 32)
-
-
-def run(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "asyncsync", *args], env=env, capture_output=True, text=True, timeout=60
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def table_rows(text: str) -> list[list[str]]:
-    """The cells of every body/header row of a box-drawing table."""
-    return [
-        [c.strip() for c in line.strip().strip("│").split("│")]
-        for line in text.splitlines()
-        if line.startswith("│")
-    ]
 
 
 def test_reference_examples(cli_env: dict[str, str], paths: Paths) -> None:

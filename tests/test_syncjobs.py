@@ -10,6 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from cliutil import run, table_rows
 
 from asyncsync.config import remotes, syncjobs
 from asyncsync.config.datastores import create_datastore
@@ -19,23 +20,6 @@ from asyncsync.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from asyncsync.names import AuthId, GroupId, Namespace
 
 JOB = "pbs2-local"
-
-
-def run(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "asyncsync", *args], env=env, capture_output=True, text=True, timeout=60
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def table_rows(text: str) -> list[list[str]]:
-    return [
-        [c.strip() for c in line.strip().strip("│").split("│")]
-        for line in text.splitlines()
-        if line.startswith("│")
-    ]
 
 
 @pytest.fixture

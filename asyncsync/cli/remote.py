@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -58,15 +59,26 @@ _fp_option = click.option(
 _comment_option = click.option("--comment", help="Free-text comment.")
 
 
+def _remote_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The options ``create`` and ``update`` share, in their help order."""
+    for option in reversed(
+        (
+            _host_option,
+            _port_option,
+            _auth_option,
+            _userid_option,
+            _password_option,
+            _fp_option,
+            _comment_option,
+        )
+    ):
+        f = option(f)
+    return f
+
+
 @remote.command("create")
 @click.argument("name")
-@_host_option
-@_port_option
-@_auth_option
-@_userid_option
-@_password_option
-@_fp_option
-@_comment_option
+@_remote_options
 def create(
     name: str,
     host: str | None,
@@ -90,13 +102,7 @@ def create(
 
 @remote.command("update")
 @click.argument("name")
-@_host_option
-@_port_option
-@_auth_option
-@_userid_option
-@_password_option
-@_fp_option
-@_comment_option
+@_remote_options
 @click.option(
     "--delete",
     "delete",

@@ -67,7 +67,6 @@ def log_cmd(upid: str, follow: bool) -> None:
             if not data:
                 return
             sys.stdout.buffer.write(data)
-        return
 
     async def go() -> None:
         async for data in T.follow_log(paths, u):

@@ -16,7 +16,6 @@ import ctypes
 import errno
 import os
 import secrets
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -332,22 +331,6 @@ class ChunkStore:
                                 os.unlink(e.path)
                                 removed += 1
         return removed
-
-    def sweep(
-        self, referenced: set[str], *, grace_seconds: float, now: float | None = None
-    ) -> tuple[int, int]:
-        """Remove chunks not in ``referenced`` whose mtime is older than the grace period.
-
-        Returns (removed chunks, removed bytes).
-        """
-        cutoff = (time.time() if now is None else now) - grace_seconds
-        removed = freed = 0
-        for digest, st in list(self.iter_digests()):
-            if digest not in referenced and st.st_mtime < cutoff:
-                self.remove(digest)
-                removed += 1
-                freed += st.st_size
-        return removed, freed
 
 
 __all__ = ["TMP_DIR", "ChunkStore", "SyncLevel", "fsync_dir", "is_stale_tmp", "syncfs", "tmp_name"]

@@ -484,13 +484,19 @@ class SnapshotWriter:
     def __repr__(self) -> str:
         return f"SnapshotWriter({self.snap!s}, files={len(self.files)})"
 
-    def add_file(self, name: str, data: bytes, *, size: int | None = None) -> FileEntry:
-        """Write one archive file; ``size`` is its logical size (default: len(data))."""
+    def add_file(
+        self, name: str, data: bytes, *, size: int | None = None, csum: str | None = None
+    ) -> FileEntry:
+        """Write one archive file; ``size`` is its logical size (default: len(data)).
+
+        ``csum`` is the blake3 of ``data`` when the caller has already computed it
+        (a pull checks it against the manifest): it is trusted, not recomputed.
+        """
         check_archive_name(name)
         if any(f.filename == name for f in self.files):
             raise InvalidInput(f"archive {name} given twice")
         _write_file(self.tmp / name, data, self.store.sync_level)
-        entry = FileEntry(name, len(data) if size is None else size, blob.digest_of(data))
+        entry = FileEntry(name, len(data) if size is None else size, csum or blob.digest_of(data))
         self.files.append(entry)
         return entry
 

@@ -294,9 +294,9 @@ class FetchPool:
             self._budget.capacity,
         )
 
-    def is_done(self, digest: str) -> bool:
-        """True if this run already stored ``digest`` (verified)."""
-        return bytes.fromhex(digest) in self._done
+    def is_done(self, digest: str | bytes) -> bool:
+        """True if this run already stored ``digest`` (hex, or the 32 raw bytes; verified)."""
+        return (digest if isinstance(digest, bytes) else bytes.fromhex(digest)) in self._done
 
     # ---- lifecycle ----------------------------------------------------------
 

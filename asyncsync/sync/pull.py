@@ -200,22 +200,25 @@ def _check_and_add(writer: SnapshotWriter, entry: FileEntry, data: bytes, needed
     actual = blobcodec.digest_of(data)
     if actual != entry.csum:
         raise IntegrityError(f"file {entry.filename}: checksum {actual} does not match the manifest")
+    index = None
     if entry.filename.endswith((".fidx", ".didx")):
         index = decode_index(data)
         if index.total_size != entry.size:
             raise CorruptIndex(
                 f"index {entry.filename} describes {index.total_size} bytes, the manifest says {entry.size}"
             )
+    else:
+        content = blobcodec.decode(data)  # a .blob: CRC and bounded decompression
+        if len(content) != entry.size:
+            raise CorruptBlob(
+                f"blob {entry.filename} holds {len(content)} bytes, the manifest says {entry.size}"
+            )
+        del content
+    writer.add_file(entry.filename, data, size=entry.size, csum=actual)
+    if index is not None:
         # the map is only updated once the whole file is known good and written
-        writer.add_file(entry.filename, data, size=entry.size)
         for digest, size in index.chunk_sizes():
             needed.setdefault(digest, size)
-        return
-    content = blobcodec.decode(data)  # a .blob: CRC and bounded decompression
-    if len(content) != entry.size:
-        raise CorruptBlob(f"blob {entry.filename} holds {len(content)} bytes, the manifest says {entry.size}")
-    del content
-    writer.add_file(entry.filename, data, size=entry.size)
 
 
 def _present_and_touch(store: Datastore, digests: Sequence[bytes]) -> set[bytes]:
@@ -635,7 +638,7 @@ class _PullRun:
         Only trusted local chunks are reused (and touched, so a concurrent gc keeps them).
         """
         trusted = await self._trusted_set()
-        candidates = [d for d in needed if d in trusted and not self.pool.is_done(d.hex())]
+        candidates = [d for d in needed if d in trusted and not self.pool.is_done(d)]
         present = await run_write(_present_and_touch, self.target, candidates) if candidates else set()
         for d in present:
             del needed[d]
