@@ -48,3 +48,26 @@ def test_library_error_is_one_line_with_exit_code(tmp_path: object) -> None:
     assert proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unusable_config_folder_is_one_line_not_a_traceback(tmp_path: object) -> None:
+    # /proc refuses new folders: the config layer must say so, not crash
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asyncsync",
+            "--config-dir",
+            "/proc/asyncsync-nope",
+            "datastore",
+            "create",
+            "x",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: cannot lock /proc/asyncsync-nope/datastore.cfg")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

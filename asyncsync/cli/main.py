@@ -16,7 +16,7 @@ import click
 
 from .. import __version__
 from ..config.paths import Paths
-from ..errors import AsyncSyncError
+from ..errors import AsyncSyncError, exit_code_for
 
 #: command name -> modules to import for it (the first defines it; later ones extend it,
 #: e.g. ``syncjob_run`` adds ``sync-job run``). Commands load lazily, so ``asyncsync
@@ -53,6 +53,15 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for the user. An OSError should have been translated below the CLI; if one
+    gets here anyway (a path the library did not expect), it still gets no traceback."""
+    if isinstance(exc, OSError) and not isinstance(exc, AsyncSyncError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return str(exc)
+
+
 class AsyncSyncGroup(click.Group):
     """A click group that loads command modules lazily and turns library errors into
     one-line messages and exit codes."""
@@ -78,16 +87,14 @@ class AsyncSyncGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except (AsyncSyncError, BaseExceptionGroup) as exc:
+        except (AsyncSyncError, OSError, BaseExceptionGroup) as exc:
             leaves = _leaf_errors(exc)
             for leaf in leaves:
-                if not isinstance(leaf, AsyncSyncError):
-                    raise
+                if not isinstance(leaf, AsyncSyncError | OSError):
+                    raise  # a bug: the traceback is what its report needs
             for leaf in leaves:
-                click.echo(f"error: {leaf}", err=True)
-            first = leaves[0]
-            assert isinstance(first, AsyncSyncError)
-            sys.exit(first.exit_code)
+                click.echo(f"error: {_describe(leaf)}", err=True)
+            sys.exit(exit_code_for(leaves[0]))
 
 
 @click.group(cls=AsyncSyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
