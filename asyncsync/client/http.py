@@ -17,11 +17,13 @@ error and is never buffered whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
@@ -31,6 +33,7 @@ import yarl
 from .. import protocol
 from ..datastore import blob
 from ..datastore.manifest import MANIFEST_NAME
+from ..datastore.threads import run_with_token
 from ..errors import (
     AsyncSyncError,
     AuthenticationFailed,
@@ -41,6 +44,7 @@ from ..errors import (
 )
 from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId, check_archive_name, check_digest, safe_id
 from ..tls import parse_fingerprint
+from .blocking import BlobSink, BlockingChannel, FetchJob
 from .errors import error_for_status, map_client_error
 
 log = logging.getLogger("asyncsync.client")
@@ -171,8 +175,11 @@ class Client:
         policy: RetryPolicy,
         sleep: Sleep,
         rand: Callable[[], float],
+        channel: BlockingChannel | None = None,
     ) -> None:
         self._session = session
+        #: blocking connections for chunk transfers on worker threads (see :mod:`.blocking`)
+        self.channel = channel
         self._base = base
         self.auth_id = auth_id
         self._secret = secret
@@ -256,6 +263,14 @@ class Client:
             policy=RetryPolicy(retries, retry_base_delay, retry_max_delay),
             sleep=sleep,
             rand=rand,
+            channel=BlockingChannel(
+                _host(host).strip("[]"),
+                port,
+                tls=tls,
+                fingerprint=parse_fingerprint(fingerprint) if tls and fingerprint is not None else None,
+                timeout=timeout,
+                max_idle=max_connections,
+            ),
         )
         try:
             if auth_id.is_token:
@@ -268,6 +283,8 @@ class Client:
         return client
 
     async def aclose(self) -> None:
+        if self.channel is not None:
+            await asyncio.to_thread(self.channel.close)  # closing TLS sockets may write: not on the loop
         await self._session.close()
 
     async def __aenter__(self) -> Self:
@@ -520,6 +537,78 @@ class ReaderSession:
                 yield digest, bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
         finally:
             await stream.aclose()
+
+    @property
+    def threaded(self) -> bool:
+        """True if :meth:`fetch_chunks_threaded` can be used (the client has a blocking channel)."""
+        return self.client.channel is not None
+
+    async def fetch_chunks_threaded(
+        self,
+        digests: Sequence[str],
+        sink: BlobSink,
+        executor: Executor,
+        *,
+        max_size: int = blob.MAX_BLOB_SIZE,
+    ) -> None:
+        """Fetch ``digests`` on a worker thread of ``executor``, passing each blob to ``sink`` there.
+
+        The blocking counterpart of :meth:`fetch_chunks_parts` (see
+        :mod:`asyncsync.client.blocking` for why): ``sink(digest, view)`` runs in the
+        worker thread, in request order, with a view valid only during the call; an
+        exception from it ends the fetch and propagates. A transient failure is
+        retried with backoff for the digests not yet delivered; an expired ticket is
+        renewed once. When this returns or raises (also on cancellation), the thread
+        is done and ``sink`` is not called again.
+        """
+        channel = self.client.channel
+        if channel is None:
+            raise RemoteError("this client has no blocking channel")
+        for d in digests:
+            check_digest(d)
+        client = self.client
+        base = protocol.API_PREFIX + protocol.p_reader(self.store) + "/" + self.reader_id
+        delivered = 0
+        received = 0
+
+        def deliver(digest: str, view: memoryview) -> None:  # in the worker thread
+            nonlocal delivered, received
+            sink(digest, view)
+            delivered += 1
+            received += protocol.FRAME_HEADER.size + len(view)
+
+        attempt = 0
+        renewed = False
+        while delivered < len(digests):
+            batch = list(digests[delivered : delivered + protocol.MAX_BATCH_DIGESTS])
+            before = delivered
+            stale = client._headers
+            job = FetchJob()
+            client.stats.requests += 1
+            try:
+                await run_with_token(
+                    executor,
+                    job,
+                    functools.partial(channel.fetch, base, stale, batch, deliver, job, max_size=max_size),
+                )
+            except TransientRemoteError as exc:
+                if delivered > before:
+                    attempt = 0  # progress was made: the retry budget starts afresh
+                if attempt >= client._policy.retries:
+                    raise
+                delay = client._policy.delay(attempt, client._rand)
+                attempt += 1
+                client.stats.retries += 1
+                log.info("threaded fetch: retry %d in %.1f s: %s", attempt, delay, exc)
+                await client._sleep(delay)
+            except AuthenticationFailed:
+                if client.auth_id.is_token or renewed:
+                    raise
+                renewed = True
+                await client._relogin(stale)
+            finally:
+                client.stats.bytes_received += received
+                received = 0
 
     async def fetch_chunks_parts(
         self, digests: Sequence[str], *, max_size: int = blob.MAX_BLOB_SIZE

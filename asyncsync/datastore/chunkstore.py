@@ -162,22 +162,32 @@ class ChunkStore:
         """
         return self.insert_parts(digest, [encoded])
 
-    def insert_parts(self, digest: str, parts: Sequence[bytes | memoryview]) -> bool:
-        """As :meth:`insert`, the blob given as pieces in order (written without joining them)."""
+    def insert_parts(
+        self, digest: str, parts: Sequence[bytes | memoryview], *, replace: bool = False
+    ) -> bool:
+        """As :meth:`insert`, the blob given as pieces in order (written without joining them).
+
+        With ``replace`` the blob is written even if a file is there already and
+        atomically takes its place (returns True): for a caller that has just
+        verified the blob and does not trust what the store holds (a pull
+        fetching a chunk whose local copy it may not reuse). It also saves the
+        ``stat`` for a chunk the caller knows to be missing.
+        """
         final = self.path(digest)
-        try:
-            if blob.encoded_size_ok(final.stat().st_size):
-                os.utime(final)
-                return False
-        except FileNotFoundError:
-            pass
+        if not replace:
+            try:
+                if blob.encoded_size_ok(final.stat().st_size):
+                    os.utime(final)
+                    return False
+            except FileNotFoundError:
+                pass
         prefix = digest[:4]
         folder = final.parent
         if prefix not in self._prefixes:
             folder.mkdir(parents=True, exist_ok=True)
             self._prefixes.add(prefix)
         if self._tmpfile_ok:
-            linked = self._insert_anonymous(final, parts)
+            linked = self._insert_anonymous(final, parts, replace=replace)
             if linked is not None:
                 if linked and self.sync_level is SyncLevel.FILE:
                     fsync_dir(folder)
@@ -209,7 +219,9 @@ class ChunkStore:
             fsync_dir(folder)
         return True
 
-    def _insert_anonymous(self, final: Path, parts: Sequence[bytes | memoryview]) -> bool | None:
+    def _insert_anonymous(
+        self, final: Path, parts: Sequence[bytes | memoryview], *, replace: bool = False
+    ) -> bool | None:
         """Write the blob as an unnamed file in ``final``'s folder (``O_TMPFILE``), then link it.
 
         Why: a named temp file in ``.tmp/`` renamed into a prefix folder takes the
@@ -220,6 +232,8 @@ class ChunkStore:
         Returns True if linked, False if a plausible chunk is already there, None
         when this path cannot be used (no ``O_TMPFILE`` or ``/proc``; the store
         then uses temp files from now on) or an implausible file must be replaced.
+        With ``replace``, a file already there is always replaced: None (the caller
+        writes it through a named temp file and a rename, which can replace).
         """
         try:
             fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
@@ -240,6 +254,8 @@ class ChunkStore:
             # source path is absolute, so the kernel ignores that fd
             os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
         except FileExistsError:
+            if replace:  # rare: an untrusted copy is there; link cannot overwrite, rename can
+                return None
             # a concurrent writer was faster; a damaged file there is replaced by the temp-file path
             try:
                 if not blob.encoded_size_ok(final.stat().st_size):

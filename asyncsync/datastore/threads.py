@@ -13,8 +13,11 @@ task that started it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -57,7 +60,19 @@ def check(token: CancelToken | None) -> None:
 async def run_cancellable(fn: Callable[[CancelToken], T]) -> T:
     """Run ``fn(token)`` in a worker thread; on cancellation set the token and wait for ``fn`` to stop."""
     token = CancelToken()
-    fut = asyncio.ensure_future(asyncio.to_thread(fn, token))
+    return await run_with_token(None, token, functools.partial(fn, token))
+
+
+async def run_with_token(executor: Executor | None, token: CancelToken, fn: Callable[[], T]) -> T:
+    """Run ``fn()`` on ``executor`` (None: the loop's default); on cancellation call
+    ``token.cancel()`` and wait for ``fn`` to return before re-raising.
+
+    ``fn`` is expected to poll ``token`` (a subclass may also interrupt a blocked
+    call in its :meth:`CancelToken.cancel`). Context variables are carried over.
+    """
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    fut = loop.run_in_executor(executor, functools.partial(ctx.run, fn))
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
@@ -75,4 +90,4 @@ async def run_cancellable(fn: Callable[[CancelToken], T]) -> T:
         raise
 
 
-__all__ = ["CancelToken", "OperationCancelled", "check", "run_cancellable"]
+__all__ = ["CancelToken", "OperationCancelled", "check", "run_cancellable", "run_with_token"]

@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import struct
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import blake3
@@ -63,7 +64,7 @@ from ..errors import (
     TransientRemoteError,
 )
 from .ratelimit import RateLimiter
-from .source import BlobData, SnapshotSource
+from .source import BlobData, SnapshotSource, ThreadedChunks
 from .threads import run_write
 
 #: called after each verified chunk with (received bytes, uncompressed bytes)
@@ -76,6 +77,17 @@ FLUSH_CHUNKS = 32
 FLUSH_BYTES = 2 * 1024 * 1024
 
 
+def threaded_workers(workers: int) -> int:
+    """Threads for threaded sources: two per core, at least 4, at most ``workers``.
+
+    Each thread alternates between GIL-free work (receive, decrypt, blake3, CRC,
+    write) and short Python steps; more threads than that only queue for the GIL
+    (measured on 2 cores: 8 threads were slower than 4). Batches beyond the
+    threads wait in the executor, within the byte budget.
+    """
+    return max(1, min(workers, max(4, 2 * (os.cpu_count() or 1))))
+
+
 def blob_length(data: BlobData) -> int:
     return len(data) if isinstance(data, bytes) else sum(len(p) for p in data)
 
@@ -86,8 +98,13 @@ def verify_and_write(
     """Check a received blob against its digest and index size, then store it.
 
     Blocking: runs in a worker thread, once per chunk (decode, hash, write and
-    journal in one hop). Returns True if the chunk was newly written. Raises
+    journal in one hop). Returns True if the chunk was written. Raises
     :class:`CorruptBlob`, :class:`ChunkTooLarge` or :class:`DigestMismatch`.
+
+    The verified blob *replaces* a file already there: the pool only fetches
+    chunks whose local copy is missing or may not be trusted (see
+    :meth:`ChunkStore.insert_parts`), so keeping that copy would keep what the
+    pull was meant to replace.
 
     A raw blob (the common case: incompressible data) is hashed in place, piece
     by piece, and written piece by piece: no copy. Its CRC is checked too (one
@@ -107,23 +124,23 @@ def verify_and_write(
             raise CorruptBlob(f"chunk {digest} has {payload_len} bytes, its index says {size}")
         first = memoryview(parts[0])[blobcodec.HEADER_SIZE :]
         hasher = blake3.blake3(first)
-        crc = zlib.crc32(first)
+        crc = blobcodec.crc32(first)
         for p in parts[1:]:
             hasher.update(p)
-            crc = zlib.crc32(p, crc)
+            crc = blobcodec.crc32(p, crc)
         actual = hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(digest, actual)
         # the content is right, but a stored blob must also pass a later local verify
         if crc != struct.unpack_from("<I", parts[0], 8)[0]:
             raise CorruptBlob(f"chunk {digest}: blob CRC mismatch")
-        written = store.insert_parts(digest, parts)
+        written = store.insert_parts(digest, parts, replace=True)
     else:
         whole = parts[0] if len(parts) == 1 else b"".join(parts)
         content = blobcodec.decode_verified(whole, digest, max_size=size)
         if len(content) != size:
             raise CorruptBlob(f"chunk {digest} has {len(content)} bytes, its index says {size}")
-        written = store.insert(digest, whole)
+        written = store.insert_parts(digest, [whole], replace=True)
     if journal is not None:
         journal([digest])
     return written
@@ -279,6 +296,8 @@ class FetchPool:
         self._journal = journal
         self._sleep = sleep
         self._closed = False
+        #: worker threads for sources that deliver on threads (:class:`ThreadedChunks`), while :meth:`run`
+        self._executor: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -301,10 +320,22 @@ class FetchPool:
     # ---- lifecycle ----------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the workers until :meth:`close`; cancel to stop them at once."""
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(self.workers):
-                tg.create_task(self._worker())
+        """Run the workers until :meth:`close`; cancel to stop them at once.
+
+        Also owns the pool's threads (one per worker) for threaded sources; every
+        thread hop is awaited by its worker, so the threads are idle when this ends.
+        """
+        executor = ThreadPoolExecutor(
+            max_workers=threaded_workers(self.workers), thread_name_prefix="asyncsync-fetch"
+        )
+        self._executor = executor
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(self.workers):
+                    tg.create_task(self._worker())
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)  # idle threads: they exit on their own
 
     def close(self) -> None:
         """Let the workers finish the queued batches and return."""
@@ -479,12 +510,20 @@ class FetchPool:
     async def _fetch_into(self, reader: SnapshotSource, todo: dict[str, _Slot]) -> None:
         """Receive the chunks of ``todo``; each verified and stored one leaves ``todo``.
 
+        A source that can deliver on worker threads (:class:`ThreadedChunks`) does
+        so unless a rate limit is set (the limiter paces received bytes on the event
+        loop, chunk by chunk, which the thread path does not do).
+
         Received chunks are collected and verified + written in one thread hop
         per :data:`FLUSH_CHUNKS` chunks / :data:`FLUSH_BYTES` bytes (they are
         within the batch's byte budget already). If the stream breaks, what
         arrived intact is still stored before the error propagates (a retry
         then asks only for the rest); on cancellation it is dropped unwritten.
         """
+        executor = self._executor
+        if executor is not None and self.limiter is None and isinstance(reader, ThreadedChunks):
+            await self._fetch_threaded(reader, todo, executor)
+            return
         stream = reader.fetch_chunks(list(todo))
         received: list[tuple[_Slot, BlobData, int]] = []
         received_bytes = 0
@@ -518,6 +557,39 @@ class FetchPool:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+        if todo:
+            raise RemoteError(f"source did not send {len(todo)} of the requested chunks")
+
+    async def _fetch_threaded(
+        self, reader: ThreadedChunks, todo: dict[str, _Slot], executor: ThreadPoolExecutor
+    ) -> None:
+        """:meth:`_fetch_into` for a threaded source: each chunk is verified, written and
+        journalled in the receiving thread as it arrives; the slots of the stored ones
+        are completed here afterwards, also when the transfer failed part-way."""
+        store = self.store
+        journal = self._journal
+        stored: list[tuple[_Slot, int]] = []
+        seen: set[str] = set()
+
+        def sink(digest: str, view: memoryview) -> None:  # in a worker thread
+            slot = todo.get(digest)
+            if slot is None or digest in seen:
+                raise RemoteError(f"source sent chunk {digest}, which was not requested")
+            seen.add(digest)
+            if len(view) > blobcodec.MAX_BLOB_SIZE:
+                raise ChunkTooLarge(f"chunk {digest}: blob of {len(view)} bytes exceeds the limit")
+            verify_and_write(store, digest, [view], slot.size, journal)
+            stored.append((slot, len(view)))
+
+        try:
+            await reader.fetch_chunks_threaded(list(todo), sink, executor)
+        finally:
+            for slot, wire in stored:
+                del todo[slot.digest]
+                slot.wire = wire
+                self._complete(slot)
+                if self._on_chunk is not None:
+                    self._on_chunk(wire, slot.size)
         if todo:
             raise RemoteError(f"source did not send {len(todo)} of the requested chunks")
 

@@ -1,0 +1,355 @@
+"""Chunk downloads on worker threads: blocking keep-alive connections, one per thread.
+
+Why this exists: a pull's bulk transfer is bounded by CPU. With aiohttp every
+byte of every chunk is decrypted (TLS) and parsed (HTTP) on the one event-loop
+thread, while the verify-and-write threads wait; client and server share two
+cores and the client's loop thread was busy ~90 % of the wall time. Here each
+worker thread owns one blocking HTTP/1.1 connection (:mod:`http.client` over
+:mod:`ssl`) and does the whole hop for a batch: send the request, read each
+blob straight into a reused buffer (``SSL_read`` / ``recv_into`` release the
+GIL), and hand it to a *blocking sink* (the fetch pool's verify + write, which
+releases the GIL in blake3, CRC and ``write``). Decryption, hashing and
+writing of different batches thus run in parallel on every core, and the event
+loop only schedules batches.
+
+Contracts:
+
+* **Same wire protocol and checks as the async client.** A batch is ``POST
+  .../reader/{id}/chunks`` (framed stream, :data:`asyncsync.protocol.FRAME_HEADER`)
+  or, for one digest, ``GET .../reader/{id}/chunk/{digest}`` (a plain body the
+  server may send with ``sendfile``). Frames must come in request order, no frame
+  may exceed ``max_size``, the stream must end exactly after the last frame.
+* **Same pinning.** A TLS connection is made without CA checks and then its
+  certificate's SHA-256 must equal the pinned fingerprint
+  (:class:`FingerprintMismatch` names the one seen); without a fingerprint the
+  system CAs and the host name are checked.
+* **Same errors.** Connection failures, timeouts and truncated streams raise
+  :class:`TransientRemoteError`; HTTP errors map through
+  :func:`~asyncsync.client.errors.error_for_status`. A connection that saw any
+  error is closed, never reused.
+* **Bounded.** One buffer per connection, grown to the largest blob seen (at
+  most ``max_size``); at most as many connections as threads use it at once;
+  idle connections are kept up to ``max_idle``.
+* **Stoppable.** :meth:`FetchJob.cancel` (from any thread) makes the worker's
+  blocked read fail at once (the socket is shut down) and the sink is not
+  called again; :func:`~asyncsync.datastore.threads.run_with_token` calls it when the awaiting task is
+  cancelled and waits for the thread to return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+
+from .. import protocol
+from ..datastore.threads import CancelToken, OperationCancelled
+from ..errors import (
+    AsyncSyncError,
+    FingerprintMismatch,
+    NotFound,
+    RemoteError,
+    TransientRemoteError,
+)
+from ..tls import format_fingerprint
+from .errors import error_for_status
+
+#: called in the worker thread with each received blob; the view is valid only during the call
+BlobSink = Callable[[str, memoryview], None]
+
+_MAX_ERROR_BODY = 64 * 1024
+_HEADER = protocol.FRAME_HEADER
+
+
+class _Connection(http.client.HTTPSConnection):
+    """An HTTP/1.1 connection that pins the server certificate by fingerprint (or plain TCP)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool,
+        fingerprint: bytes | None,
+        context: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._tls = tls
+        self._fingerprint = fingerprint
+        self.buffer = bytearray()
+        #: an answer was read on this connection: the server may have closed it while it was idle
+        self.used = False
+
+    def connect(self) -> None:
+        if not self._tls:
+            http.client.HTTPConnection.connect(self)
+        else:
+            super().connect()
+            if self._fingerprint is not None:
+                assert isinstance(self.sock, ssl.SSLSocket)
+                der = self.sock.getpeercert(binary_form=True) or b""
+                seen = hashlib.sha256(der).digest()
+                if seen != self._fingerprint:
+                    self.close()
+                    raise FingerprintMismatch(
+                        format_fingerprint(self._fingerprint), format_fingerprint(seen), url=self.host
+                    )
+        # the request goes out in one small write and must not wait for a delayed ACK
+        if self.sock is not None:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def shutdown(self) -> None:
+        """Make a read blocked in another thread fail now (the descriptor stays owned by that thread)."""
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class FetchJob(CancelToken):
+    """The cancel token of one worker thread's fetch: :meth:`cancel` also interrupts a blocked read."""
+
+    __slots__ = ("_conn", "_lock")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._conn: _Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"FetchJob(cancelled={self.cancelled})"
+
+    def _attach(self, conn: _Connection | None) -> None:
+        with self._lock:
+            self._conn = conn
+            if conn is not None and self.cancelled:
+                conn.shutdown()
+
+    def cancel(self) -> None:
+        """Stop the job: no further blob reaches the sink; a blocked read fails at once."""
+        with self._lock:
+            super().cancel()
+            if self._conn is not None:
+                self._conn.shutdown()
+
+
+class BlockingChannel:
+    """Keep-alive blocking connections to one server, handed to worker threads one each."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool,
+        fingerprint: bytes | None,
+        timeout: float,
+        max_idle: int = 16,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.fingerprint = fingerprint
+        self.timeout = timeout
+        self.max_idle = max_idle
+        self._context: ssl.SSLContext | None = None
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.connections_made = 0
+
+    def __repr__(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"BlockingChannel({scheme}://{self.host}:{self.port}, idle={len(self._idle)})"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        if self._context is None:
+            ctx = ssl.create_default_context()  # blocking (reads the CA store): worker threads only
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.fingerprint is not None:
+                ctx.check_hostname = False  # the fingerprint pins the certificate instead
+                ctx.verify_mode = ssl.CERT_NONE
+            self._context = ctx
+        return self._context
+
+    def _acquire(self) -> _Connection:
+        with self._lock:
+            if self._closed:
+                raise OperationCancelled()  # the client is closing
+            if self._idle:
+                return self._idle.pop()
+            context = self._ssl_context()
+        self.connections_made += 1
+        return _Connection(
+            self.host,
+            self.port,
+            tls=self.tls,
+            fingerprint=self.fingerprint,
+            context=context,
+            timeout=self.timeout,
+        )
+
+    def _release(self, conn: _Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; connections in use are closed when their thread returns them."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # ---- one request, blocking ----------------------------------------------------------------
+
+    def fetch(
+        self,
+        base_path: str,
+        headers: dict[str, str],
+        digests: Sequence[str],
+        sink: BlobSink,
+        job: FetchJob,
+        *,
+        max_size: int,
+    ) -> None:
+        """Fetch ``digests`` (one request) and pass each blob to ``sink``, in order. Blocking.
+
+        ``base_path`` is the reader session's path (``/api2/json/admin/datastore/S/reader/R``).
+        The sink's own exceptions propagate unchanged (the connection is closed).
+        """
+        conn = self._acquire()
+        job._attach(conn)
+        reusable = False
+        try:
+            if len(digests) == 1:
+                self._fetch_one(conn, base_path, headers, digests[0], sink, job, max_size)
+            else:
+                self._fetch_many(conn, base_path, headers, digests, sink, job, max_size)
+            reusable = True
+        except AsyncSyncError:
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if job.cancelled:
+                raise OperationCancelled() from exc
+            raise TransientRemoteError(
+                f"chunk transfer from {self.host}:{self.port} failed: {exc!r}", url=base_path
+            ) from exc
+        finally:
+            job._attach(None)
+            if reusable and not job.cancelled:
+                self._release(conn)
+            else:
+                conn.close()
+
+    def _request(
+        self, conn: _Connection, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> http.client.HTTPResponse:
+        hdrs = dict(headers)
+        if body is not None:
+            hdrs["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not conn.used:
+                raise
+            # an idle keep-alive connection the server had closed: once more on a fresh one
+            # (the requests are reads, safe to repeat)
+            conn.close()
+            conn.used = False
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+        conn.used = True
+        if resp.status >= 400:
+            err = resp.read(_MAX_ERROR_BODY)
+            raise error_for_status(resp.status, err, path, resp.reason)
+        return resp
+
+    def _fetch_one(
+        self,
+        conn: _Connection,
+        base_path: str,
+        headers: dict[str, str],
+        digest: str,
+        sink: BlobSink,
+        job: FetchJob,
+        max_size: int,
+    ) -> None:
+        path = f"{base_path}/chunk/{digest}"
+        resp = self._request(conn, "GET", path, headers, None)
+        length = resp.length
+        if length is None:  # not what our server sends (it knows the file size), but valid HTTP
+            data = resp.read(max_size + 1)
+            if len(data) > max_size:
+                raise RemoteError(f"chunk {digest}: answer exceeds the limit of {max_size} bytes")
+            job.check()
+            sink(digest, memoryview(data))
+            return
+        if length > max_size:
+            raise RemoteError(f"chunk {digest}: answer of {length} bytes exceeds the limit of {max_size}")
+        view = _buffer(conn, length)
+        _read_exact(resp, view)
+        job.check()
+        sink(digest, view)
+
+    def _fetch_many(
+        self,
+        conn: _Connection,
+        base_path: str,
+        headers: dict[str, str],
+        digests: Sequence[str],
+        sink: BlobSink,
+        job: FetchJob,
+        max_size: int,
+    ) -> None:
+        path = f"{base_path}/chunks"
+        body = json.dumps({"digests": list(digests)}).encode()
+        resp = self._request(conn, "POST", path, headers, body)
+        head = bytearray(_HEADER.size)
+        head_view = memoryview(head)
+        for want in digests:
+            _read_exact(resp, head_view)
+            raw, length = _HEADER.unpack(head)
+            got = raw.hex()
+            if got != want:
+                raise RemoteError(f"batch answer out of order: expected chunk {want}, got {got}")
+            if length == protocol.FRAME_MISSING:
+                raise NotFound(f"remote: chunk {want} not found")
+            if length > max_size:
+                raise RemoteError(f"chunk {want}: frame of {length} bytes exceeds the limit of {max_size}")
+            view = _buffer(conn, length)
+            _read_exact(resp, view)
+            job.check()
+            sink(want, view)
+        if resp.read(1):
+            raise RemoteError("batch answer has trailing data")
+
+
+def _buffer(conn: _Connection, length: int) -> memoryview:
+    """A view of ``length`` bytes of the connection's reused buffer (grown, never shrunk)."""
+    if len(conn.buffer) < length:
+        conn.buffer = bytearray(length)
+    return memoryview(conn.buffer)[:length]
+
+
+def _read_exact(resp: http.client.HTTPResponse, view: memoryview) -> None:
+    while view:
+        n = resp.readinto(view)
+        if not n:
+            raise TransientRemoteError("chunk stream ended early (truncated answer)")
+        view = view[n:]
+
+
+__all__ = ["BlobSink", "BlockingChannel", "FetchJob"]
