@@ -350,3 +350,55 @@ async def test_unknown_and_forbidden_ids_answer_alike(api: Api, local: tuple[Pat
     for method, body in [("GET", None), ("PUT", {"comment": "x"}), ("DELETE", None)]:
         assert (await api.call("rmod", method, "/remote/nope", body))[0] == 404
     assert not (await th(remotes.get_remote, paths, "pbs3")).comment
+
+
+async def test_create_checks_rights_before_the_id(api: Api, local: tuple[Paths, dict[str, str]]) -> None:
+    """POST /config/sync: a taken id tells a caller nothing it could not learn from GET."""
+    paths = local[0]
+    assert (await api.call("admin", "POST", "/sync", {"id": "hidden", **job(store="other")}))[0] == 200
+    assert (await api.call("admin", "POST", "/sync", {"id": "seen", **job()}))[0] == 200
+    code, ans = await api.call("op", "POST", "/sync", {"id": "mine", **job(owner="op@pbs!t")})
+    assert code == 200, ans
+    before = (paths.config / "sync.cfg").read_bytes()
+
+    async def answer(who: str, id: str, body: dict[str, Any]) -> tuple[int, str, str]:
+        code, ans = await api.call(who, "POST", "/sync", {"id": id, **body})
+        assert "error" in ans, (who, id, ans)
+        return code, ans["error"]["code"], ans["error"]["message"].replace(id, "ID")
+
+    # callers without the rights for the new job: the same 403 for a taken and a free id
+    for who, body in [
+        ("auditor", job()),
+        ("dsaudit", job()),
+        ("ra", job()),
+        ("remoteonly", job(owner="remoteonly@pbs!t")),
+        ("noremote", job()),
+        ("op", job()),  # root@pam as owner needs Datastore.Modify
+        ("dsraudit", job()),  # may read "seen", may not set it up
+        ("op", job(remote="nowhere", owner="op@pbs!t")),  # rights before the remote's existence
+    ]:
+        for taken in ("hidden", "seen", "mine"):
+            got = await answer(who, taken, body)
+            assert got == await answer(who, "nosuch", body), (who, taken, got)
+            assert got[:2] == (403, "forbidden"), (who, taken, got)
+            assert "other" not in got[2], (who, got)
+
+    # a caller with the rights who picks the id of a job hidden from it: what GET says for that id
+    for who, body in [("op-user", job(owner="op@pbs")), ("dsadmin", job()), ("storeop", job())]:
+        got = await answer(who, "hidden", body)
+        code, ans = await api.call(who, "GET", "/sync/hidden")
+        assert got == (code, ans["error"]["code"], ans["error"]["message"].replace("hidden", "ID"))
+        assert got[0] == 403 and "other" not in got[2], (who, got)
+    assert (paths.config / "sync.cfg").read_bytes() == before
+
+    # ... and 409 for a job it may see (read it, or set it up: its own job)
+    for who, taken, body in [
+        ("dsadmin", "seen", job()),
+        ("admin", "hidden", job()),
+        ("op", "mine", job(owner="op@pbs!t")),
+    ]:
+        assert await answer(who, taken, body) == (409, "exists", "sync job 'ID' already exists"), who
+    assert (paths.config / "sync.cfg").read_bytes() == before
+    # with the rights and a free id, a missing remote is still a 400 naming the field
+    code, ans = await api.call("admin", "POST", "/sync", {"id": "new", **job(remote="nowhere")})
+    assert code == 400 and ans["error"]["message"].startswith("remote:"), ans

@@ -14,6 +14,9 @@ ones, with a bounded number of chunks in flight (memory stays flat). The
 snapshot is built in a hidden folder and appears atomically on commit; a
 failure or cancellation leaves no visible snapshot and removes its temp folder.
 
+Nothing here prints: a caller that wants to show progress passes a
+``progress`` callback, which receives a :class:`BackupProgress` per chunk cut.
+
 The tar stream is deterministic (sorted entries, numeric ids, no user/group
 names, no access times), so a second backup of unchanged data produces the same
 chunks and writes none.
@@ -21,6 +24,7 @@ chunks and writes none.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -172,6 +176,25 @@ class BackupReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class BackupProgress:
+    """How far a running backup is; counts are totals over all archives so far."""
+
+    #: the archive being read
+    archive: str
+    #: archive bytes read and cut into chunks (blob contents included): ``BackupReport.size`` at the end
+    bytes_read: int
+    #: bytes of file content read: at the end, the sum of the sizes of the source files
+    #: (a tree's regular files, an image, a blob), without tar headers and padding
+    file_bytes: int
+    #: chunks cut so far (new or already stored)
+    chunks: int
+
+
+#: receives a :class:`BackupProgress` after each chunk and at the end of each archive
+ProgressCallback = Callable[[BackupProgress], None]
+
+
 # ---------------------------------------------------------------- chunk sink
 
 
@@ -257,6 +280,8 @@ class TarStream:
         self.warn = warn
         self.stats = stats or ArchiveStats("")
         self.bytes_out = 0
+        #: bytes of file content read so far (bytes_out minus headers, padding and end marker)
+        self.file_bytes = 0
         self._pieces: Generator[bytes | _FileRange, None, None] = self._generate()
         self._cur: memoryview = memoryview(b"")
         self._file: _FileRange | None = None
@@ -361,6 +386,7 @@ class TarStream:
                     got = want
                 fr.left -= got
                 n += got
+                self.file_bytes += got
                 continue
             piece = next(self._pieces, None)
             if piece is None:
@@ -428,6 +454,7 @@ def run_backup(
     warn: Warn = _ignore,
     cancel: CancelToken | None = None,
     clock: Callable[[], float] = time.time,
+    progress: ProgressCallback | None = None,
 ) -> BackupReport:
     """Make one snapshot of ``sources`` in ``group`` of namespace ``ns`` (blocking).
 
@@ -436,8 +463,19 @@ def run_backup(
     newer than the group's newest snapshot. Takes the group lock for the whole
     backup. On success the snapshot is committed; on any error or
     cancellation nothing becomes visible and the temp folder is removed.
+
+    ``progress`` is called in this (the calling) thread after each chunk and at
+    the end of each archive; it should return quickly. An exception it raises
+    aborts the backup like any other error.
     """
     started = time.monotonic()
+    # totals of the archives finished so far, and of the one being read
+    read_before = files_before = chunks = 0
+
+    def report_progress(archive: str, read: int, files: int) -> None:
+        if progress is not None:
+            progress(BackupProgress(archive, read_before + read, files_before + files, chunks))
+
     _check_sources(sources)
     fixed = FixedChunker(options.chunk_size)
     dynamic = DynamicChunker(options.avg_chunk_size)
@@ -475,6 +513,9 @@ def run_backup(
                     writer.add_blob(src.name, content)
                     stats.size = len(content)
                     stats.files = 1
+                    report_progress(src.name, stats.size, stats.size)
+                    read_before += stats.size
+                    files_before += stats.size
                     continue
                 sink = _ChunkSink(store.chunks, pool, stats, max(1, options.max_inflight))
                 try:
@@ -486,9 +527,13 @@ def run_backup(
                         with image:
                             size = image.seek(0, os.SEEK_END)
                             image.seek(0)
+                            read = 0
                             for piece in fixed.cut_stream(image):
                                 check(cancel)
                                 sink.add(piece)
+                                read += len(piece)
+                                chunks += 1
+                                report_progress(src.name, read, read)
                         entries = sink.finish()
                         if sum(s for _, s in entries) != size:
                             raise StorageError(f"{src.path} changed size while it was read")
@@ -497,12 +542,18 @@ def run_backup(
                             FixedIndex(tuple(d for d, _ in entries), size, fixed.chunk_size, ctime=snap.time),
                         )
                         stats.size, stats.files = size, 1
+                        file_bytes = size
                     else:
                         tar = TarStream(src.path, warn=warn, stats=stats)
+                        read = 0
                         try:
                             for piece in dynamic.cut_stream(tar):
                                 check(cancel)
                                 sink.add(piece)
+                                read += len(piece)
+                                chunks += 1
+                                # file_bytes runs up to one chunker buffer ahead of ``read``
+                                report_progress(src.name, read, tar.file_bytes)
                         finally:
                             tar.close()
                         entries = sink.finish()
@@ -513,6 +564,10 @@ def run_backup(
                             ends.append((offset, digest))
                         writer.add_index(src.name, DynamicIndex(tuple(ends), ctime=snap.time))
                         stats.size = offset
+                        file_bytes = tar.file_bytes
+                    report_progress(src.name, stats.size, file_bytes)
+                    read_before += stats.size
+                    files_before += file_bytes
                 except BaseException:
                     sink.abandon()
                     raise
@@ -532,8 +587,22 @@ async def backup(
     owner: AuthId = ROOT_AUTH_ID,
     options: BackupOptions = BackupOptions(),
     warn: Warn = _ignore,
+    progress: ProgressCallback | None = None,
 ) -> BackupReport:
-    """Async face of :func:`run_backup`: runs in a worker thread; cancelling stops it cleanly."""
+    """Async face of :func:`run_backup`: runs in a worker thread; cancelling stops it cleanly.
+
+    ``progress`` is called on the event loop (in order, each call before this
+    coroutine returns); it must not block.
+    """
+    on_progress: ProgressCallback | None = None
+    if progress is not None:
+        loop = asyncio.get_running_loop()
+        cb = progress
+
+        def on_progress(p: BackupProgress) -> None:
+            # one small callback per chunk (MiBs of data): the loop's queue stays short
+            loop.call_soon_threadsafe(cb, p)
+
     return await run_cancellable(
         lambda token: run_backup(
             store,
@@ -545,6 +614,7 @@ async def backup(
             options=options,
             warn=warn,
             cancel=token,
+            progress=on_progress,
         )
     )
 
@@ -553,7 +623,9 @@ __all__ = [
     "ArchiveSource",
     "ArchiveStats",
     "BackupOptions",
+    "BackupProgress",
     "BackupReport",
+    "ProgressCallback",
     "TarStream",
     "backup",
     "run_backup",

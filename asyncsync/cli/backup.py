@@ -21,7 +21,16 @@ from ..datastore.verify import verify as verify_store
 from ..errors import IntegrityError, InvalidInput
 from ..names import AuthId, GroupId, Namespace, SnapshotId, parse_time
 from ..units import format_size, parse_size
-from .common import get_paths, output_format_option, print_json, print_table, run_async, warn
+from .common import (
+    byte_progress,
+    get_paths,
+    isatty,
+    output_format_option,
+    print_json,
+    print_table,
+    run_async,
+    warn,
+)
 
 store_option = click.option("--store", "store_name", required=True, help="Datastore name (datastore.cfg).")
 ns_option = click.option("--ns", default="", help="Namespace, e.g. a/b (default: the root namespace).")
@@ -50,6 +59,12 @@ def _size(value: str, field: str) -> int:
     show_default=True,
     help="Average FastCDC chunk size of .didx archives.",
 )
+@click.option(
+    "--progress/--no-progress",
+    "progress",
+    default=None,
+    help="Live bytes read and rate on stderr (default: when stderr is a terminal).",
+)
 @output_format_option
 @click.argument("group")
 @click.argument("archives", nargs=-1, required=True)
@@ -60,6 +75,7 @@ def backup_cmd(
     owner: str,
     chunk_size: str,
     avg_chunk_size: str,
+    progress: bool | None,
     output_format: str,
     group: str,
     archives: tuple[str, ...],
@@ -78,11 +94,22 @@ def backup_cmd(
         chunk_size=_size(chunk_size, "chunk-size"), avg_chunk_size=_size(avg_chunk_size, "avg-chunk-size")
     )
     store = _open(store_name)
-    report = run_async(
-        lambda: make_backup(
-            store, namespace, gid, sources, backup_time=when, owner=auth, options=options, warn=warn
+    show = isatty() and output_format == "text" if progress is None else progress
+    with byte_progress(show, "reading") as update:
+        on_progress = None if update is None else lambda p: update(p.bytes_read, p.archive)
+        report = run_async(
+            lambda: make_backup(
+                store,
+                namespace,
+                gid,
+                sources,
+                backup_time=when,
+                owner=auth,
+                options=options,
+                warn=warn,
+                progress=on_progress,
+            )
         )
-    )
     if output_format == "text":
         click.echo(report.summary())
     else:

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from ..config.paths import Paths
+
+if TYPE_CHECKING:
+    # rich loads when something is printed through it (≈ 30 ms of start-up otherwise,
+    # e.g. for a pull whose output is JSON)
+    from rich.console import Console
 
 T = TypeVar("T")
 
@@ -44,6 +46,8 @@ def get_paths(ctx: click.Context | None = None) -> Paths:
 
 
 def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
@@ -65,6 +69,11 @@ def print_table(
             records = [dict(zip(columns, r, strict=True)) for r in rows]
         print_json(records, output_format)
         return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=box.SQUARE_DOUBLE_HEAD, show_edge=True, pad_edge=True)
     for c in columns:
         table.add_column(Text(c), overflow="fold")
@@ -106,8 +115,55 @@ def isatty() -> bool:
     return sys.stderr.isatty()
 
 
+#: ``update(done_bytes, description)`` of a :func:`byte_progress` bar
+ByteProgress = Callable[[int, str], None]
+
+
+@contextmanager
+def byte_progress(enabled: bool, description: str = "") -> Iterator[ByteProgress | None]:
+    """A live, transient bar on stderr for a transfer of unknown size: bytes done and the rate.
+
+    Yields ``update(done_bytes, description)`` (callable from any thread), or None when
+    not ``enabled`` (then nothing is printed). rich.progress is imported only when
+    enabled, i.e. for a terminal: it is slow to import for scripts. Writes to stderr
+    while the bar is shown appear above it.
+    """
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    from ..units import format_rate, format_size
+
+    class RateColumn(ProgressColumn):
+        """The rate in binary units, as the summary lines print it (rich's own is decimal)."""
+
+        def render(self, task: Task) -> Text:
+            return Text(format_rate(task.speed) if task.speed else "?", style="progress.data.speed")
+
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[size]}"),
+        RateColumn(),
+        TimeElapsedColumn(),
+        console=console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(description, total=None, size=format_size(0))
+
+    def update(done: int, what: str) -> None:
+        bar.update(task, completed=done, size=format_size(done), description=what)
+
+    with bar:
+        yield update
+
+
 __all__ = [
     "OUTPUT_FORMATS",
+    "ByteProgress",
+    "byte_progress",
     "console",
     "get_paths",
     "output_format_option",

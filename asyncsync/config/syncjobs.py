@@ -451,10 +451,22 @@ def create_job(
     values: Mapping[str, Any],
     *,
     authorize: Authorize | None = None,
+    on_exists: Callable[[SyncJobConfig], None] | None = None,
 ) -> SyncJobConfig:
     """Add sync job ``id``. ``values`` uses the file's keys (``remote-store``, ...); values may
     be text (as from the CLI) or JSON types. Raises :class:`InvalidInput` naming the field,
     :class:`AlreadyExists`.
+
+    Order of the checks (each one only once the previous passed), so that nothing about
+    other jobs, remotes or datastores leaks to a caller that ``authorize`` refuses:
+
+    1. the values themselves (no file is read);
+    2. under the locks, ``authorize(None, job)`` on the *new* job: its answer cannot
+       depend on whether ``id`` is taken;
+    3. the id: if it is taken, ``on_exists(existing job)`` may raise its own error (the API
+       answers a job hidden from the caller as it answers a read of it), else
+       :class:`AlreadyExists`;
+    4. the references (the remote and the local datastore must exist).
     """
     _safe(id, "id")
     stored = _normalize_all(values)
@@ -464,11 +476,14 @@ def create_job(
         del stored["comment"]
     job = SyncJobConfig.from_section(Section(SECTION_TYPE, id, stored))
     with remotes.config_file(paths).lock(), config_file(paths).modify() as data:
-        if id in data.sections:
-            raise AlreadyExists(f"sync job {id!r} already exists")
-        _check_references(paths, stored, job)
         if authorize is not None:
             authorize(None, job)
+        existing = data.get(id)
+        if existing is not None:
+            if on_exists is not None:
+                on_exists(SyncJobConfig.from_section(existing))
+            raise AlreadyExists(f"sync job {id!r} already exists")
+        _check_references(paths, stored, job)
         data.sections[id] = job.to_section()
     return job
 

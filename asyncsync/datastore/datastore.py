@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -58,6 +59,23 @@ FORMAT_VERSION = 1
 MARKER = ".asyncsync-datastore"
 PROTECTED_MARKER = ".protected"
 OWNER_FILE = "owner"
+#: any group: :func:`snapshot_time` only needs a SnapshotId to format a time back
+_TIME_CHECK_GROUP = GroupId(BackupType.HOST, "x")
+
+
+@functools.lru_cache(maxsize=65536)
+def snapshot_time(name: str) -> int | None:
+    """The time of a snapshot folder named ``name``, or None if ``name`` is not the
+    canonical name of one (``YYYY-MM-DDTHH:MM:SSZ`` that formats back to itself).
+
+    Pure, so cached: listings meet the same few thousand names again and again,
+    and ``strptime`` plus the round trip cost ≈ 15 µs per name.
+    """
+    try:
+        t = parse_time(name)
+        return t if SnapshotId(_TIME_CHECK_GROUP, t).time_str == name else None
+    except InvalidName:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,12 +321,9 @@ class Datastore:
             return []
         out = []
         for name in sorted(names):
-            try:
-                snap = SnapshotId(group, parse_time(name))
-            except InvalidName:
-                continue
-            if snap.time_str == name:
-                out.append(snap)
+            t = snapshot_time(name)
+            if t is not None:
+                out.append(SnapshotId(group, t))
         return out
 
     def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotInfo]:
@@ -455,6 +470,31 @@ class Datastore:
                             with contextlib.suppress(FileNotFoundError):
                                 os.unlink(e.path)
                         removed += 1
+                if full:
+                    # one scandir per snapshot: only the full (gc) pass pays for it
+                    for snap in self._snapshot_candidates(ns, g):
+                        removed += self.cleanup_snapshot_temp(ns, snap)
+        return removed
+
+    def cleanup_snapshot_temp(self, ns: Namespace, snap: SnapshotId) -> int:
+        """Remove temp files of dead processes from one snapshot's folder; returns how many.
+
+        They are left by a manifest rewrite (:meth:`update_unprotected`) killed between
+        writing its temp file and renaming it. Such a file is harmless (its name is never
+        an archive name, and listings and pulls go by the manifest), this only reclaims
+        the space. A temp file whose process still runs is left alone. Call under the
+        group lock.
+        """
+        removed = 0
+        try:
+            entries = list(os.scandir(self.snapshot_path(ns, snap)))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        for e in entries:
+            if is_stale_tmp(e.name) and not e.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
+                removed += 1
         return removed
 
     def flush(self) -> None:
@@ -584,4 +624,4 @@ def _atomic_write(path: Path, data: bytes, level: SyncLevel) -> None:
         fsync_dir(path.parent)
 
 
-__all__ = ["FORMAT_VERSION", "Datastore", "FileLock", "SnapshotInfo", "SnapshotWriter"]
+__all__ = ["FORMAT_VERSION", "Datastore", "FileLock", "SnapshotInfo", "SnapshotWriter", "snapshot_time"]

@@ -221,7 +221,8 @@ def run_verify(
 
     With ``record`` the result is written to each manifest's unprotected part
     (under the group lock; a group busy with a backup or pull is reported but
-    not recorded).
+    not recorded); temp files that an earlier, killed rewrite left in the
+    snapshot folder are removed first (:meth:`Datastore.cleanup_snapshot_temp`).
     ``on_result`` is called after each snapshot (progress output).
     """
     started = time.monotonic()
@@ -238,6 +239,9 @@ def run_verify(
                 # under the group lock, so a pull re-syncing this snapshot cannot lose its
                 # manifest to ours; if a writer holds the group, the result is reported only
                 with contextlib.suppress(NotFound, Locked), store.group_lock(ns, snap.group):
+                    # a verify killed mid-rewrite leaves its temp manifest here: under the same
+                    # lock, before our own rewrite, nothing else can be writing one
+                    store.cleanup_snapshot_temp(ns, snap)
                     store.update_unprotected(ns, snap, verify_state=state)
             if on_result is not None:
                 on_result(res)

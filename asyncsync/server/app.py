@@ -7,7 +7,8 @@
   :class:`ServerInfo` with the real port and fingerprint; :func:`run_server`
   runs until SIGTERM/SIGINT (or a given event) and then shuts down gracefully:
   the socket stops accepting, in-flight requests get
-  :attr:`ServerOptions.shutdown_timeout` seconds to finish, the rest are cut.
+  :attr:`ServerOptions.shutdown_timeout` seconds to finish *and reach the
+  client* (buffered response bytes included), the rest are cut.
 
 Middlewares, outermost first: the error middleware turns every exception into
 the JSON error envelope (an unexpected one into a 500 "internal error" whose
@@ -231,7 +232,16 @@ class _HeadDeadlineHandler(web.RequestHandler):
 
 
 class _HeadDeadlineServer(web.Server):
-    """The app's :class:`web.Server`, making :class:`_HeadDeadlineHandler` connections."""
+    """The app's :class:`web.Server`, making :class:`_HeadDeadlineHandler` connections.
+
+    It also completes aiohttp's graceful shutdown. aiohttp waits for running handlers, then
+    closes every transport and returns; but a handler is done once its last write is
+    *buffered* (a TLS file response hands up to a whole blob to the transport at once), and
+    a closing transport sends that backlog only while the loop still runs. Exiting right
+    after aiohttp's shutdown cut such responses short, though the server had logged them as
+    sent. :meth:`shutdown` therefore also waits for every transport to finish closing,
+    within what is left of the shutdown timeout, and aborts those that do not.
+    """
 
     def __init__(self, base: web.Server, header_timeout: float) -> None:
         super().__init__(
@@ -242,11 +252,40 @@ class _HeadDeadlineServer(web.Server):
             **base._kwargs,
         )
         self._header_timeout = header_timeout
+        #: every connection until its transport is really closed (aiohttp forgets it earlier)
+        self._open: dict[web.RequestHandler, asyncio.Transport] = {}
+        self._all_closed: asyncio.Event | None = None
 
     def __call__(self) -> web.RequestHandler:
         return _HeadDeadlineHandler(
             self, header_timeout=self._header_timeout, loop=self._loop, **self._kwargs
         )
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self._open[handler] = transport
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self._open.pop(handler, None)
+        if not self._open and self._all_closed is not None:
+            self._all_closed.set()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp signature
+        """aiohttp's shutdown, then wait for the closing transports to flush (same deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        await super().shutdown(timeout)
+        if not self._open:
+            return
+        self._all_closed = asyncio.Event()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._all_closed.wait()
+        except TimeoutError:
+            # the promise: what does not finish within the timeout is cut
+            for transport in list(self._open.values()):
+                transport.abort()
 
 
 class _Runner(web.AppRunner):

@@ -7,7 +7,7 @@
 ``PUT    /config/remote/{name}``            update (Remote.Modify on /remote/{name})
 ``DELETE /config/remote/{name}``            remove (Remote.Modify on /remote/{name})
 ``GET    /config/sync``                     jobs the caller may see (see :func:`can_read_job`)
-``POST   /config/sync``                     create (see :func:`check_modify_job`)
+``POST   /config/sync``                     create (see :func:`check_modify_job`; a taken id: below)
 ``GET    /config/sync/{id}``                one job + ``digest``
 ``PUT    /config/sync/{id}``                update (modify access to the old and the new job)
 ``DELETE /config/sync/{id}``                remove (modify access to the job)
@@ -19,6 +19,13 @@ remote exists. A sync job's ACL paths come from the job itself, so an unknown jo
 answers 404 only to a caller who may audit *every* job (Datastore.Audit on
 ``/datastore`` and Remote.Audit on ``/remote``); anyone else gets the same 403, with
 the same message, as for an existing job it may not see (:func:`_job_or_deny`).
+
+``POST /config/sync`` checks the caller's right to set up the *new* job before it looks
+at the id, so a caller without it gets the same 403 whether or not the id is taken. A
+caller with it who picks a taken id gets 409 if it may see the existing job (read it, or
+set it up: it could find it through ``GET``/``PUT``/``DELETE`` anyway), else exactly the
+403 that ``GET /config/sync/{id}`` gives it for that id. (That a taken id cannot be
+created again is unavoidable; nothing else about the hidden job is told.)
 
 Bodies are JSON objects (or form fields) using the config keys (``remote-store``,
 ``auth-id`` — ``userid`` is accepted as its older name); ``PUT`` also takes
@@ -305,10 +312,22 @@ async def create_sync_job(request: web.Request) -> web.Response:
         raise InvalidInput("is required", field="id")
 
     def authorize(old: SyncJobConfig | None, new: SyncJobConfig | None) -> None:
+        # the rights for the NEW job come first (create_job runs this before it looks at the
+        # id), so a caller who may not set this job up gets the same 403 whether or not the
+        # id is taken
         assert new is not None
         check_modify_job(access, auth_id, new)
 
-    job = await asyncio.to_thread(syncjobs.create_job, paths, id, body, authorize=authorize)
+    def on_exists(existing: SyncJobConfig) -> None:
+        # ids share one namespace, so a taken id must fail even for a caller who cannot see
+        # the job; that caller gets the very answer GET/PUT/DELETE /config/sync/{id} give it
+        # (the generic 403), so a create tells it nothing that a read does not
+        if not _may_see(access, auth_id, existing, modify=True):
+            raise _denied(id)
+
+    job = await asyncio.to_thread(
+        syncjobs.create_job, paths, id, body, authorize=authorize, on_exists=on_exists
+    )
     return ok(job.to_json())
 
 
