@@ -58,7 +58,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from ..tls import format_fingerprint
+from ..fingerprint import format_fingerprint
 from .errors import error_for_status
 
 #: called in the worker thread with each received blob; the view is valid only during the call

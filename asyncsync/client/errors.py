@@ -30,7 +30,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
-from ..tls import format_fingerprint
+from ..fingerprint import format_fingerprint
 
 
 def _fp(raw: bytes) -> str:

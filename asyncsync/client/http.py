@@ -42,8 +42,8 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
+from ..fingerprint import parse_fingerprint
 from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId, check_archive_name, check_digest, safe_id
-from ..tls import parse_fingerprint
 from .blocking import BlobSink, BlockingChannel, FetchJob
 from .errors import error_for_status, map_client_error
 
