@@ -63,6 +63,7 @@ from ..errors import (
     RemoteError,
     TransientRemoteError,
 )
+from .adaptive import AdaptiveLimit
 from .ratelimit import RateLimiter
 from .source import BlobData, SnapshotSource, ThreadedChunks
 from .threads import run_write
@@ -78,12 +79,13 @@ FLUSH_BYTES = 2 * 1024 * 1024
 
 
 def threaded_workers(workers: int) -> int:
-    """Threads for threaded sources: two per core, at least 4, at most ``workers``.
+    """Where the adaptive limit of threaded transfers starts: two per core, at least 4, at most ``workers``.
 
     Each thread alternates between GIL-free work (receive, decrypt, blake3, CRC,
-    write) and short Python steps; more threads than that only queue for the GIL
-    (measured on 2 cores: 8 threads were slower than 4). Batches beyond the
-    threads wait in the executor, within the byte budget.
+    write) and short Python steps; on a fast link more threads than that only
+    queue for the GIL (measured on 2 cores: 8 were slower than 4), while on a
+    slow or distant one more transfers in flight help. :class:`AdaptiveLimit`
+    moves from here, between 2 and ``workers``, as the measured rate tells it.
     """
     return max(1, min(workers, max(4, 2 * (os.cpu_count() or 1))))
 
@@ -298,6 +300,8 @@ class FetchPool:
         self._closed = False
         #: worker threads for sources that deliver on threads (:class:`ThreadedChunks`), while :meth:`run`
         self._executor: ThreadPoolExecutor | None = None
+        #: how many threaded transfers run at once: found by hill climbing on throughput
+        self.adaptive = AdaptiveLimit(threaded_workers(workers), min(2, workers), workers)
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -325,9 +329,7 @@ class FetchPool:
         Also owns the pool's threads (one per worker) for threaded sources; every
         thread hop is awaited by its worker, so the threads are idle when this ends.
         """
-        executor = ThreadPoolExecutor(
-            max_workers=threaded_workers(self.workers), thread_name_prefix="asyncsync-fetch"
-        )
+        executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="asyncsync-fetch")
         self._executor = executor
         try:
             async with asyncio.TaskGroup() as tg:
@@ -581,9 +583,11 @@ class FetchPool:
             verify_and_write(store, digest, [view], slot.size, journal)
             stored.append((slot, len(view)))
 
+        await self.adaptive.acquire()
         try:
             await reader.fetch_chunks_threaded(list(todo), sink, executor)
         finally:
+            self.adaptive.release(sum(wire for _, wire in stored))
             for slot, wire in stored:
                 del todo[slot.digest]
                 slot.wire = wire
