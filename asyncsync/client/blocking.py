@@ -143,7 +143,10 @@ class _TLSStream:
         got = 0
         while got < want:
             try:
-                got += cast(int, self._obj.read(want - got, buf[got:]))  # with a buffer: a count
+                n = cast(int, self._obj.read(want - got, buf[got:]))  # with a buffer: a count
+                if not n:  # close_notify received: SSLObject.read returns 0 rather than raising
+                    return got
+                got += n
             except ssl.SSLWantReadError:
                 if got:
                     return got  # what was buffered; do not block for more
@@ -358,6 +361,9 @@ class BlockingChannel:
             else:
                 self._fetch_many(conn, base_path, headers, digests, sink, job, max_size)
             reusable = True
+        except _SinkFailed as wrapped:
+            # the sink's own error (a full disk, a corrupt chunk): not a transfer failure
+            raise wrapped.error from wrapped.error.__cause__
         except AsyncSyncError:
             raise
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -415,14 +421,14 @@ class BlockingChannel:
             if len(data) > max_size:
                 raise RemoteError(f"chunk {digest}: answer exceeds the limit of {max_size} bytes")
             job.check()
-            sink(digest, memoryview(data))
+            _deliver(sink, digest, memoryview(data))
             return
         if length > max_size:
             raise RemoteError(f"chunk {digest}: answer of {length} bytes exceeds the limit of {max_size}")
         view = _buffer(conn, length)
         _read_exact(resp, view)
         job.check()
-        sink(digest, view)
+        _deliver(sink, digest, view)
 
     def _fetch_many(
         self,
@@ -452,9 +458,24 @@ class BlockingChannel:
             view = _buffer(conn, length)
             _read_exact(resp, view)
             job.check()
-            sink(want, view)
+            _deliver(sink, want, view)
         if resp.read(1):
             raise RemoteError("batch answer has trailing data")
+
+
+class _SinkFailed(Exception):
+    """Carries an exception raised by the sink past the transfer-error mapping."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+def _deliver(sink: BlobSink, digest: str, view: memoryview) -> None:
+    try:
+        sink(digest, view)
+    except Exception as exc:
+        raise _SinkFailed(exc) from None
 
 
 def _buffer(conn: _Connection, length: int) -> memoryview:
