@@ -494,6 +494,39 @@ async def _read_limited_error(resp: aiohttp.ClientResponse) -> bytes:
         return b""
 
 
+class _StreamRetry:
+    """Retry bookkeeping of one resumable chunk stream.
+
+    A transient failure is retried with the client's backoff, at most
+    ``retries`` times in a row (progress since the last failure starts the
+    budget afresh); an expired ticket is renewed once per stream (a token is
+    never "renewed"). Each method returns to retry or raises the error given.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.attempt = 0
+        self.renewed = False
+
+    async def transient(self, exc: TransientRemoteError, *, progressed: bool, what: str) -> None:
+        client = self.client
+        if progressed:
+            self.attempt = 0
+        if self.attempt >= client._policy.retries:
+            raise exc
+        delay = client._policy.delay(self.attempt, client._rand)
+        self.attempt += 1
+        client.stats.retries += 1
+        log.info("%s: retry %d in %.1f s: %s", what, self.attempt, delay, exc)
+        await client._sleep(delay)
+
+    async def auth_failed(self, exc: AuthenticationFailed, stale: dict[str, str]) -> None:
+        if self.client.auth_id.is_token or self.renewed:
+            raise exc
+        self.renewed = True
+        await self.client._relogin(stale)
+
+
 class ReaderSession:
     """Reads one snapshot of the remote through a server-side reader session."""
 
@@ -577,8 +610,7 @@ class ReaderSession:
             delivered += 1
             received += protocol.FRAME_HEADER.size + len(view)
 
-        attempt = 0
-        renewed = False
+        retry = _StreamRetry(client)
         while delivered < len(digests):
             batch = list(digests[delivered : delivered + protocol.MAX_BATCH_DIGESTS])
             before = delivered
@@ -592,20 +624,9 @@ class ReaderSession:
                     functools.partial(channel.fetch, base, stale, batch, deliver, job, max_size=max_size),
                 )
             except TransientRemoteError as exc:
-                if delivered > before:
-                    attempt = 0  # progress was made: the retry budget starts afresh
-                if attempt >= client._policy.retries:
-                    raise
-                delay = client._policy.delay(attempt, client._rand)
-                attempt += 1
-                client.stats.retries += 1
-                log.info("threaded fetch: retry %d in %.1f s: %s", attempt, delay, exc)
-                await client._sleep(delay)
-            except AuthenticationFailed:
-                if client.auth_id.is_token or renewed:
-                    raise
-                renewed = True
-                await client._relogin(stale)
+                await retry.transient(exc, progressed=delivered > before, what="threaded fetch")
+            except AuthenticationFailed as exc:
+                await retry.auth_failed(exc, stale)
             finally:
                 client.stats.bytes_received += received
                 received = 0
@@ -626,8 +647,7 @@ class ReaderSession:
         client = self.client
         url = client._url(protocol.p_reader_chunks(self.store, self.reader_id))
         pos = 0
-        attempt = 0
-        renewed = False
+        retry = _StreamRetry(client)
         while pos < len(digests):
             batch = list(digests[pos : pos + protocol.MAX_BATCH_DIGESTS])
             before = pos
@@ -637,20 +657,9 @@ class ReaderSession:
                     pos += 1
                     yield item
             except TransientRemoteError as exc:
-                if pos > before:
-                    attempt = 0  # progress was made: the retry budget starts afresh
-                if attempt >= client._policy.retries:
-                    raise
-                delay = client._policy.delay(attempt, client._rand)
-                attempt += 1
-                client.stats.retries += 1
-                log.info("batch fetch: retry %d in %.1f s: %s", attempt, delay, exc)
-                await client._sleep(delay)
-            except AuthenticationFailed:
-                if client.auth_id.is_token or renewed:
-                    raise
-                renewed = True  # an expired ticket is renewed once per call
-                await client._relogin(stale)
+                await retry.transient(exc, progressed=pos > before, what="batch fetch")
+            except AuthenticationFailed as exc:
+                await retry.auth_failed(exc, stale)
 
     async def _stream(
         self, url: yarl.URL, batch: list[str], max_size: int
