@@ -60,6 +60,7 @@ from asyncsync.errors import (
 )
 from asyncsync.names import GroupId, Namespace
 from asyncsync.server.app import make_app, serve
+from asyncsync.sync.source import HttpSource
 
 N = Namespace.parse
 G = GroupId.parse
@@ -745,3 +746,28 @@ async def test_rejected_token_is_not_retried(remote: Installation, remote_server
     finally:
         executor.shutdown(wait=False)
         await client.aclose()
+
+
+@pytest.mark.parametrize("tls", [True, False])
+async def test_threaded_pull_over_ipv6_loopback(remote: Installation, dst: Datastore, tls: bool) -> None:
+    """The blocking channel connects to an IPv6 literal (bracketed or not) like the aiohttp client."""
+    async with serve(remote.paths, "::1", 0, tls=tls, options=TEST_OPTIONS) as info:
+        source = await HttpSource.connect(
+            "[::1]",
+            info.port,
+            remote.sync_token,
+            remote.sync_secret,
+            remote.store_name,
+            fingerprint=info.fingerprint,
+            tls=tls,
+            name="v6",
+        )
+        try:
+            report = await pull(source, dst, PullOptions())
+            assert source.client.channel is not None
+            made = source.client.channel.connections_made
+        finally:
+            await source.aclose()
+    assert report.ok, report.failure_message()
+    assert made > 0  # the chunks came over the threaded path
+    assert await asyncio.to_thread(content, dst) == await asyncio.to_thread(content, remote.store)
