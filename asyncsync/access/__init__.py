@@ -5,13 +5,14 @@ The public face of the access layer; the modules behind it are private:
 * :mod:`.privileges` -- :class:`Privilege`, :data:`ROLES`, ACL path syntax;
 * :mod:`.store` -- the access files and the management functions (blocking);
 * :mod:`.control` -- :class:`AccessControl`, the in-memory snapshot the server asks;
-* :mod:`.hashing`, :mod:`.tickets`, :mod:`.throttle` -- the mechanisms.
+* :mod:`.hashing`, :mod:`.tickets`, :mod:`.throttle`, :mod:`.logincache` -- the mechanisms.
 """
 
 from __future__ import annotations
 
 from .control import AccessControl
 from .hashing import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from .logincache import VerifiedPasswords
 from .privileges import (
     ALL_PRIVILEGES,
     NO_ACCESS,
@@ -59,6 +60,7 @@ __all__ = [
     "Privilege",
     "TokenInfo",
     "UserInfo",
+    "VerifiedPasswords",
     "acl_list",
     "acl_remove",
     "acl_update",

@@ -32,6 +32,7 @@ from ..errors import AsyncSyncError, AuthenticationFailed, PermissionDenied
 from ..names import ROOT_AUTH_ID, AuthId
 from . import store
 from .hashing import verify_password, verify_token_secret
+from .logincache import VerifiedPasswords
 from .privileges import (
     ALL_PRIVILEGES,
     NO_ACCESS,
@@ -161,6 +162,7 @@ class AccessControl:
         clock: Callable[[], float] = time.time,
         throttle: LoginThrottle | None = None,
         ticket_lifetime: int = TICKET_LIFETIME,
+        verified: VerifiedPasswords | None = None,
     ) -> None:
         self.paths = paths
         self._state = state
@@ -168,6 +170,8 @@ class AccessControl:
         self._clock = clock
         self.throttle = throttle if throttle is not None else LoginThrottle()
         self.ticket_lifetime = ticket_lifetime
+        #: passwords verified recently: a repeated login skips scrypt (see :mod:`.logincache`)
+        self.verified = verified if verified is not None else VerifiedPasswords()
         self._reload_lock = threading.Lock()
 
     @classmethod
@@ -209,6 +213,8 @@ class AccessControl:
             except AsyncSyncError as exc:
                 log.warning("access files not reloaded, keeping the previous ones: %s", exc)
                 return False
+            # not needed for correctness (the stored hash is part of each entry's key)
+            self.verified.clear()
             return True
 
     # ---- who is active --------------------------------------------------------
@@ -232,13 +238,22 @@ class AccessControl:
         disabled or expired user, a user without a password, or a token id; and
         :class:`~asyncsync.access.LoginThrottled` (a subclass) while the user id is
         locked after repeated failures. The message never says which.
+
+        The right password given again within :attr:`verified`'s time to live is
+        accepted without a second scrypt (:mod:`.logincache` says why that is
+        safe); the throttle and the activity check run on every login all the same.
         """
         if userid.is_token:
             raise AuthenticationFailed("authentication failed")
         key = str(userid)
         self.throttle.check(key)
         state = self._state
-        ok = verify_password(password, state.passwords.get(userid))
+        stored = state.passwords.get(userid)
+        ok = self.verified.check(userid, stored, password)
+        if not ok:
+            ok = verify_password(password, stored)
+            if ok and stored is not None:
+                self.verified.remember(userid, stored, password)
         if not ok or not state.is_active(userid, self._clock()):
             self.throttle.record_failure(key)
             raise AuthenticationFailed("authentication failed")

@@ -313,7 +313,8 @@ class Datastore:
 
     # ---- snapshots -------------------------------------------------------
 
-    def _snapshot_candidates(self, ns: Namespace, group: GroupId) -> list[SnapshotId]:
+    def _snapshot_folders(self, ns: Namespace, group: GroupId) -> list[tuple[str, SnapshotId]]:
+        """(folder name, id) of the group's snapshot folders, oldest first; committed or not."""
         base = self.group_path(ns, group)
         try:
             names = [e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")]
@@ -323,8 +324,11 @@ class Datastore:
         for name in sorted(names):
             t = snapshot_time(name)
             if t is not None:
-                out.append(SnapshotId(group, t))
+                out.append((name, SnapshotId(group, t)))
         return out
+
+    def _snapshot_candidates(self, ns: Namespace, group: GroupId) -> list[SnapshotId]:
+        return [snap for _, snap in self._snapshot_folders(ns, group)]
 
     def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotInfo]:
         """Committed snapshots of a group, oldest first (each manifest is read and decoded)."""
@@ -338,7 +342,13 @@ class Datastore:
     def list_snapshot_ids(self, ns: Namespace, group: GroupId) -> list[SnapshotId]:
         """Committed snapshots of a group, oldest first, without reading their manifests
         (one stat each): what a pull needs to choose snapshots."""
-        return [s for s in self._snapshot_candidates(ns, group) if self.snapshot_exists(ns, s)]
+        base = str(self.group_path(ns, group))
+        # as snapshot_exists, with the folder's own name (formatting each time back costs more)
+        return [
+            snap
+            for name, snap in self._snapshot_folders(ns, group)
+            if os.path.isfile(f"{base}/{name}/{MANIFEST_NAME}")
+        ]
 
     def manifest_digest(self, ns: Namespace, snap: SnapshotId) -> str | None:
         """blake3 of the stored manifest file (None if the snapshot is gone)."""

@@ -5,7 +5,7 @@ Plain functions over listings, so each rule is tested on its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..names import SnapshotId
 from ..protocol import SnapshotItem
@@ -49,10 +49,45 @@ def choose_snapshots(
     return out
 
 
+def unchanged_count(
+    remote: Sequence[SnapshotItem],
+    local: Mapping[int, str | None],
+    *,
+    transfer_last: int | None = None,
+    verified_only: bool = False,
+    remove_vanished: bool = False,
+) -> int | None:
+    """How many snapshots a pull of this group would find unchanged, if that is all it
+    would do; None if it has something to transfer or remove.
+
+    ``local`` maps the times of the group's committed local snapshots to the
+    blake3 of their manifest (None where unknown: only the newest is ever
+    compared). The rules are those of the full path, so the answer never differs
+    from what it would decide: every snapshot :func:`choose_snapshots` picks must
+    exist locally with a manifest digest equal to the remote's (byte-equal
+    manifests), and with ``remove_vanished`` no local snapshot may be missing
+    remotely.
+    """
+    chosen = choose_snapshots(remote, local.keys(), transfer_last=transfer_last, verified_only=verified_only)
+    for item in chosen:
+        here = local.get(item.snapshot.time, _ABSENT)
+        if here is _ABSENT or item.manifest_digest is None or item.manifest_digest != here:
+            return None
+    if remove_vanished:
+        remote_times = {i.snapshot.time for i in remote}
+        if any(t not in remote_times for t in local):
+            return None
+    return len(chosen)
+
+
+#: marks a time the local side does not have (a digest can be None, so None cannot)
+_ABSENT = object()
+
+
 def vanished_snapshots(remote: Iterable[SnapshotItem], local: Sequence[SnapshotId]) -> list[SnapshotId]:
     """Local snapshots the remote no longer lists (finished or not)."""
     remote_times = {i.snapshot.time for i in remote}
     return [s for s in local if s.time not in remote_times]
 
 
-__all__ = ["choose_snapshots", "is_finished", "vanished_snapshots"]
+__all__ = ["choose_snapshots", "is_finished", "unchanged_count", "vanished_snapshots"]
