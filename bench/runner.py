@@ -27,7 +27,7 @@ from typing import Any
 from asyncsync.datastore.chunkstore import syncfs
 
 from . import delayproxy
-from .asyncsync_tool import Asyncsync, AsyncsyncServer, unavailable_reason
+from .asyncsync_tool import Asyncsync, AsyncsyncServer, compile_package, tool_env, unavailable_reason
 from .datasets import Dataset, DatasetSpec, GiB, MiB, count_chunks, ensure_dataset
 from .peers import RcloneHttp, RsyncDaemon, ensure_tools, tool_version
 from .procs import Run, Server, ToolFailed, run_measured, tail
@@ -129,8 +129,9 @@ class Bench:
     def _meta(self, exe: list[str]) -> dict[str, Any]:
         startup: float | None = None
         if not self.asyncsync_reason:
+            compile_package()
             t = time.perf_counter()
-            subprocess.run([*exe, "--version"], capture_output=True, check=False)
+            subprocess.run([*exe, "--version"], capture_output=True, check=False, env=tool_env())
             startup = round(time.perf_counter() - t, 3)
         return {
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
