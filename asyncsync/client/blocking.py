@@ -310,7 +310,7 @@ class BlockingChannel:
             if self._idle:
                 return self._idle.pop()
             context = self._ssl_context()
-        self.connections_made += 1
+            self.connections_made += 1
         return _Connection(
             self.host,
             self.port,
