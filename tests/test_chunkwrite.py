@@ -1,16 +1,22 @@
 """The chunk write path: unnamed files linked into place (O_TMPFILE), its temp-file
-fallback, and verify-then-write of several received chunks in one thread hop."""
+fallback, verify-then-write of several received chunks in one thread hop, and the
+thread hops of a pull that a cancellation waits for (:mod:`asyncsync.sync.threads`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from pathlib import Path
+
+import pytest
 
 from asyncsync.datastore import blob
 from asyncsync.datastore.chunkstore import TMP_DIR, ChunkStore, SyncLevel
 from asyncsync.datastore.datastore import Datastore
 from asyncsync.errors import DigestMismatch
 from asyncsync.sync.fetch import verify_and_write_many
+from asyncsync.sync.threads import run_acquire, run_write
 
 
 def _chunk(n: int, size: int = 4096) -> tuple[str, bytes, int]:
@@ -71,3 +77,75 @@ def test_many_in_one_hop_all_good(tmp_path: Path) -> None:
     assert (done, error) == (5, None)
     for digest, encoded, _ in items:
         assert store.read(digest) == encoded
+
+
+class _Entered:
+    """Set from a worker thread, awaited on the loop (no polling)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+async def test_run_write_waits_for_the_thread_through_two_cancellations() -> None:
+    entered, gate = _Entered(), threading.Event()
+    finished: list[str] = []
+
+    def hop() -> None:
+        entered.set()
+        gate.wait(30)
+        finished.append("done")
+
+    task = asyncio.create_task(run_write(hop))
+    await entered.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()  # a second cancellation must not orphan the thread either
+    await asyncio.sleep(0)
+    assert not task.done()  # still waiting for the thread
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == ["done"]
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_run_acquire_releases_what_a_cancelled_hop_acquired(cancel: bool) -> None:
+    entered, gate = _Entered(), threading.Event()
+    released: list[str] = []
+
+    def acquire() -> str:
+        entered.set()
+        gate.wait(30)
+        return "lock"
+
+    task = asyncio.create_task(run_acquire(acquire, released.append))
+    await entered.wait()
+    if cancel:
+        task.cancel()
+        await asyncio.sleep(0)
+    gate.set()
+    if cancel:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert released == ["lock"]
+    else:
+        assert await task == "lock"
+        assert released == []  # the caller's to release
+
+
+async def test_run_acquire_releases_nothing_when_the_hop_fails() -> None:
+    released: list[object] = []
+
+    def acquire() -> object:
+        raise OSError("no")
+
+    with pytest.raises(OSError, match="no"):
+        await run_acquire(acquire, released.append)
+    assert released == []

@@ -250,6 +250,13 @@ class FetchOutcome:
     logical_bytes: int = 0
     deduplicated: int = 0
 
+    def add(self, other: FetchOutcome) -> None:
+        """Count ``other`` into this outcome (several :meth:`FetchPool.fetch` calls, one snapshot)."""
+        self.chunks += other.chunks
+        self.bytes += other.bytes
+        self.logical_bytes += other.logical_bytes
+        self.deduplicated += other.deduplicated
+
 
 @dataclass(frozen=True, slots=True)
 class FetchPoolStatistics:
@@ -464,6 +471,14 @@ class FetchPool:
             del self._pending[slot.digest]
         slot.event.set()
 
+    def _stored(self, slot: _Slot, wire: int, todo: dict[str, _Slot]) -> None:
+        """``slot`` was verified and written (``wire`` bytes received): complete it."""
+        del todo[slot.digest]
+        slot.wire = wire
+        self._complete(slot)
+        if self._on_chunk is not None:
+            self._on_chunk(wire, slot.size)
+
     def _fail(self, slot: _Slot, exc: BaseException) -> None:
         if slot.event.is_set():
             return
@@ -589,11 +604,7 @@ class FetchPool:
         finally:
             self.adaptive.release(sum(wire for _, wire in stored))
             for slot, wire in stored:
-                del todo[slot.digest]
-                slot.wire = wire
-                self._complete(slot)
-                if self._on_chunk is not None:
-                    self._on_chunk(wire, slot.size)
+                self._stored(slot, wire, todo)
         if todo:
             raise RemoteError(f"source did not send {len(todo)} of the requested chunks")
 
@@ -608,11 +619,7 @@ class FetchPool:
             received.clear()
             raise
         for slot, _, wire in received[:done]:
-            del todo[slot.digest]
-            slot.wire = wire
-            self._complete(slot)
-            if self._on_chunk is not None:
-                self._on_chunk(wire, slot.size)
+            self._stored(slot, wire, todo)
         for slot, _, _ in received[done:]:
             slot.wire = 0
         received.clear()

@@ -49,6 +49,12 @@ def choose_snapshots(
     return out
 
 
+def manifest_unchanged(item: SnapshotItem, local_digest: str | None) -> bool:
+    """True if re-syncing ``item`` would change nothing: the remote's manifest is
+    byte-equal to the local one (blake3 ``local_digest``; None: not known)."""
+    return item.manifest_digest is not None and item.manifest_digest == local_digest
+
+
 def unchanged_count(
     remote: Sequence[SnapshotItem],
     local: Mapping[int, str | None],
@@ -70,8 +76,7 @@ def unchanged_count(
     """
     chosen = choose_snapshots(remote, local.keys(), transfer_last=transfer_last, verified_only=verified_only)
     for item in chosen:
-        here = local.get(item.snapshot.time, _ABSENT)
-        if here is _ABSENT or item.manifest_digest is None or item.manifest_digest != here:
+        if item.snapshot.time not in local or not manifest_unchanged(item, local[item.snapshot.time]):
             return None
     if remove_vanished:
         remote_times = {i.snapshot.time for i in remote}
@@ -80,14 +85,10 @@ def unchanged_count(
     return len(chosen)
 
 
-#: marks a time the local side does not have (a digest can be None, so None cannot)
-_ABSENT = object()
-
-
 def vanished_snapshots(remote: Iterable[SnapshotItem], local: Sequence[SnapshotId]) -> list[SnapshotId]:
     """Local snapshots the remote no longer lists (finished or not)."""
     remote_times = {i.snapshot.time for i in remote}
     return [s for s in local if s.time not in remote_times]
 
 
-__all__ = ["choose_snapshots", "is_finished", "unchanged_count", "vanished_snapshots"]
+__all__ = ["choose_snapshots", "is_finished", "manifest_unchanged", "unchanged_count", "vanished_snapshots"]

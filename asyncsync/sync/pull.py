@@ -77,11 +77,11 @@ from .fetch import FetchOutcome, FetchPool
 from .groupfilter import GroupFilters
 from .journal import ResumeJournal
 from .nsmap import NamespaceMap
-from .plan import choose_snapshots, unchanged_count, vanished_snapshots
+from .plan import choose_snapshots, manifest_unchanged, unchanged_count, vanished_snapshots
 from .ratelimit import Clock, RateLimiter
 from .report import GroupResult, GroupStatus, LogCallback, ProgressCallback, PullProgress, PullReport
 from .source import BulkListing, LocalSource, SnapshotSource, Source
-from .threads import run_write
+from .threads import run_acquire, run_write
 
 if TYPE_CHECKING:
     from ..config.syncjobs import SyncJobConfig
@@ -261,19 +261,16 @@ def _trusted_digests(store: Datastore, owner: AuthId) -> set[bytes]:
         for g in store.list_groups(ns):
             if store.get_owner(ns, g) != owner:
                 continue
-            snaps = store.list_snapshots(ns, g)
-            if not snaps:
+            # ids only (one stat each): list_snapshots would decode every manifest of the group
+            ids = store.list_snapshot_ids(ns, g)
+            if not ids:
                 continue
             with contextlib.suppress(AsyncSyncError, OSError):
-                manifest = store.load_manifest(ns, snaps[-1].snapshot)
+                manifest = store.load_manifest(ns, ids[-1])
                 for f in manifest.files:
                     if f.filename.endswith((".fidx", ".didx")):
-                        out.update(store.load_index(ns, snaps[-1].snapshot, f.filename).digests)
+                        out.update(store.load_index(ns, ids[-1], f.filename).digests)
     return out
-
-
-def _open_writer(store: Datastore, ns: Namespace, snap: SnapshotId) -> SnapshotWriter:
-    return store.begin_snapshot(ns, snap)
 
 
 @contextlib.asynccontextmanager
@@ -283,14 +280,7 @@ async def _snapshot_writer(
     """:meth:`Datastore.begin_snapshot` as an async context manager, every blocking call
     in a worker thread: leaving without a commit (an error, a cancellation) removes the
     temp folder, and so does a cancellation while the folder is being created."""
-    fut = asyncio.get_running_loop().run_in_executor(None, _open_writer, store, ns, snap)
-    try:
-        writer = await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        await asyncio.wait([fut])
-        if not fut.cancelled() and fut.exception() is None:
-            await run_write(fut.result().abort)
-        raise
+    writer = await run_acquire(functools.partial(store.begin_snapshot, ns, snap), SnapshotWriter.abort)
     try:
         yield writer
     finally:
@@ -753,11 +743,7 @@ class _PullRun:
         )
         for item in chosen:
             here = local_by_time.get(item.snapshot.time)
-            if (
-                here is not None
-                and item.manifest_digest is not None
-                and item.manifest_digest == here.manifest_digest
-            ):
+            if here is not None and manifest_unchanged(item, here.manifest_digest):
                 # byte-equal manifests: the re-sync would change nothing; no reader is opened
                 res.snapshots_unchanged += 1
                 self.report.snapshots_unchanged += 1
@@ -797,11 +783,7 @@ class _PullRun:
         total = FetchOutcome()
         items = iter(needed.items())
         while batch := [(d.hex(), size) for d, size in itertools.islice(items, FETCH_SLICE)]:
-            outcome = await self.pool.fetch(reader, batch)
-            total.chunks += outcome.chunks
-            total.bytes += outcome.bytes
-            total.logical_bytes += outcome.logical_bytes
-            total.deduplicated += outcome.deduplicated
+            total.add(await self.pool.fetch(reader, batch))
         return total
 
     async def _pull_snapshot(self, res: GroupResult, item: SnapshotItem, exists_locally: bool) -> None:
@@ -914,14 +896,9 @@ async def _begin_group_hop(
     """:func:`_begin_group` in one thread hop. If we are cancelled meanwhile, the hop is
     waited for (it writes the owner file) and the lock it may have taken is released
     (a leaked flock would block every later pull of the group in a long-running server)."""
-    fut = asyncio.get_running_loop().run_in_executor(None, _begin_group, store, ns, group, owner)
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        await asyncio.wait([fut])
-        if not fut.cancelled() and fut.exception() is None:
-            fut.result()[0].release()
-        raise
+    return await run_acquire(
+        functools.partial(_begin_group, store, ns, group, owner), lambda begun: begun[0].release()
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -6,16 +6,21 @@ writing a chunk's temp file. :func:`run_write` waits for the thread to finish
 (its operation completes or cleans up after itself) before re-raising the
 cancellation, so when :func:`asyncsync.pull` has returned, nothing of it still
 touches the store. Use it for every hop that writes; reads may use
-``asyncio.to_thread``.
+``asyncio.to_thread``. :func:`run_acquire` is the same for a hop that acquires
+something (a lock, a temp folder) that must be released if nobody receives it.
+
+Both are :func:`~asyncsync.datastore.threads.run_with_token` with a token that
+nothing polls: the one mechanism that waits for a thread, also through a second
+cancellation.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
+
+from ..datastore.threads import CancelToken, run_with_token
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -23,17 +28,28 @@ T = TypeVar("T")
 
 async def run_write(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn`` in the default executor; on cancellation, wait for it, then re-raise."""
-    loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    fut = loop.run_in_executor(None, functools.partial(ctx.run, fn, *args, **kwargs))
+    return await run_with_token(None, CancelToken(), functools.partial(fn, *args, **kwargs))
+
+
+async def run_acquire(fn: Callable[[], T], release: Callable[[T], object]) -> T:
+    """:func:`run_write` for a hop that returns a resource: if the caller is cancelled
+    while ``fn`` runs, what ``fn`` returned is passed to ``release`` (blocking, in
+    a thread hop, also waited for) before the cancellation propagates, so nothing
+    acquired is leaked. Once returned, the resource is the caller's to release."""
+    acquired: list[T] = []
+
+    def call() -> T:
+        result = fn()
+        acquired.append(result)
+        return result
+
     try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        # the hop is atomic from the store's point of view: let it end
-        await asyncio.wait([fut])
-        if not fut.cancelled():
-            fut.exception()  # retrieved: no "exception never retrieved" noise
+        return await run_write(call)
+    except BaseException:
+        # cancelled (fn itself failing appends nothing): nobody will receive the result
+        if acquired:
+            await run_write(release, acquired[0])
         raise
 
 
-__all__ = ["run_write"]
+__all__ = ["run_acquire", "run_write"]
