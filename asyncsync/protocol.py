@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .datastore.manifest import FileEntry
-from .errors import InvalidInput, InvalidName
+from .errors import InvalidInput, InvalidName, NotFound, RemoteError
 from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId, check_archive_name
 
 API_PREFIX = "/api2/json"
@@ -54,6 +54,25 @@ MAX_BATCH_DIGESTS = 4096
 MAX_JSON_BODY = 1024 * 1024
 #: largest snapshot file (index, blob, manifest) a client downloads
 MAX_FILE_SIZE = 256 * 1024 * 1024
+
+
+def frame_length(head: bytes | bytearray, want: str, max_size: int) -> int:
+    """The blob length a received :data:`FRAME_HEADER` announces for the expected digest ``want``.
+
+    The client's checks of a batch answer, in one place for its async and blocking paths:
+    :class:`RemoteError` for a frame of another digest (out of order, foreign) or a blob over
+    ``max_size``, :class:`NotFound` for a :data:`FRAME_MISSING` frame.
+    """
+    raw, length = FRAME_HEADER.unpack(head)
+    got = raw.hex()
+    if got != want:
+        raise RemoteError(f"batch answer out of order: expected chunk {want}, got {got}")
+    if length == FRAME_MISSING:
+        raise NotFound(f"remote: chunk {want} not found")
+    if length > max_size:
+        raise RemoteError(f"chunk {want}: frame of {length} bytes exceeds the limit of {max_size}")
+    return int(length)
+
 
 # ---- paths (relative to API_PREFIX) ---------------------------------------
 
@@ -244,6 +263,7 @@ __all__ = [
     "TOKEN_AUTH_PREFIX",
     "GroupItem",
     "SnapshotItem",
+    "frame_length",
     "ns_from_json",
     "ns_to_json",
     "snapshot_params",

@@ -210,6 +210,20 @@ async def open_old(client: Client, inst: Installation) -> tuple[ReaderSession, l
     return session, digests
 
 
+@asynccontextmanager
+async def old_reader(
+    srv: RunningServer, inst: Installation, **client_kw: Any
+) -> AsyncIterator[tuple[Client, ReaderSession, list[str]]]:
+    """A sync-token client of ``srv`` (``client_kw`` as for ``srv.client``) with :func:`open_old`'s
+    session and digests; the client is closed on exit."""
+    client = await srv.client(inst.sync_token, inst.sync_secret, **client_kw)
+    try:
+        session, digests = await open_old(client, inst)
+        yield client, session, digests
+    finally:
+        await client.aclose()
+
+
 def chan(client: Client) -> BlockingChannel:
     """The client's blocking channel (every TLS client made by ``Client.connect`` has one)."""
     assert client.channel is not None
@@ -217,7 +231,7 @@ def chan(client: Client) -> BlockingChannel:
 
 
 def base_path(session: ReaderSession) -> str:
-    return protocol.API_PREFIX + protocol.p_reader(session.store) + "/" + session.reader_id
+    return protocol.API_PREFIX + protocol.p_reader_session(session.store, session.reader_id)
 
 
 async def blobs_of(inst: Installation, digests: Sequence[str]) -> list[tuple[str, bytes]]:
@@ -433,9 +447,7 @@ async def test_cancelled_threaded_session_fetch_returns_its_thread(remote: Insta
 async def test_closed_channel_and_pre_cancelled_job_fetch_nothing(
     remote: Installation, remote_server: RunningServer
 ) -> None:
-    client = await remote_server.client(remote.sync_token, remote.sync_secret)
-    try:
-        session, digests = await open_old(client, remote)
+    async with old_reader(remote_server, remote) as (client, session, digests):
         channel = client.channel
         assert channel is not None
         job, sink = FetchJob(), Collect()
@@ -447,8 +459,6 @@ async def test_closed_channel_and_pre_cancelled_job_fetch_nothing(
         with pytest.raises(OperationCancelled):
             await channel_fetch(channel, session, digests, sink)
         assert sink.got == []
-    finally:
-        await client.aclose()
 
 
 # ---- 4. BlockingChannel against the real TLS server --------------------------------------------
@@ -457,9 +467,7 @@ async def test_closed_channel_and_pre_cancelled_job_fetch_nothing(
 async def test_wrong_pinned_fingerprint_names_the_real_one(
     remote: Installation, remote_server: RunningServer
 ) -> None:
-    client = await remote_server.client(remote.sync_token, remote.sync_secret)
-    try:
-        session, digests = await open_old(client, remote)
+    async with old_reader(remote_server, remote) as (_client, session, digests):
         bad = BlockingChannel(
             remote_server.host, remote_server.port, tls=True, fingerprint=bytes(32), timeout=10
         )
@@ -470,16 +478,12 @@ async def test_wrong_pinned_fingerprint_names_the_real_one(
         assert info.value.expected == ":".join(["00"] * 32)
         assert sink.got == [] and "idle=0" in repr(bad)
         await asyncio.to_thread(bad.close)
-    finally:
-        await client.aclose()
 
 
 async def test_good_fetch_in_order_and_connection_kept_alive(
     remote: Installation, remote_server: RunningServer
 ) -> None:
-    client = await remote_server.client(remote.sync_token, remote.sync_secret)
-    try:
-        session, digests = await open_old(client, remote)
+    async with old_reader(remote_server, remote) as (client, session, digests):
         channel = client.channel
         assert channel is not None
         sink = Collect()
@@ -488,8 +492,6 @@ async def test_good_fetch_in_order_and_connection_kept_alive(
         await channel_fetch(channel, session, digests[:2], sink)
         assert sink.got == await blobs_of(remote, [*digests, digests[2], *digests[:2]])
         assert channel.connections_made == 1
-    finally:
-        await client.aclose()
 
 
 class _Poison:
@@ -526,31 +528,27 @@ async def fetch_bounded(
 
 @pytest.mark.parametrize("tls", [True, False])
 async def test_idle_connection_closed_by_server_is_replaced(remote: Installation, tls: bool) -> None:
-    async with stage_server(remote, tls=tls) as (srv, stage):
-        client = await srv.client(remote.sync_token, remote.sync_secret)
-        try:
-            session, digests = await open_old(client, remote)
-            channel = client.channel
-            assert channel is not None
-            sink = Collect()
-            await channel_fetch(channel, session, digests[:3], sink)
-            assert len(stage.requests) == 1
-            stage.requests[-1].transport.close()  # the server ends the idle keep-alive connection
-            assert await fetch_bounded(channel, session, digests[3:6], sink), "batch fetch did not return"
-            assert stage.requests[-1].peer != stage.requests[0].peer
-            stage.requests[-1].transport.close()
-            assert await fetch_bounded(channel, session, digests[6:7], sink), "GET fetch did not return"
-            assert stage.requests[-1].peer not in {r.peer for r in stage.requests[:-1]}
-            assert sink.got == await blobs_of(remote, digests[:7])
-            assert channel.connections_made == 1  # the same pooled connection, reconnected inside
-        finally:
-            await client.aclose()
+    async with (
+        stage_server(remote, tls=tls) as (srv, stage),
+        old_reader(srv, remote) as (client, session, digests),
+    ):
+        channel = client.channel
+        assert channel is not None
+        sink = Collect()
+        await channel_fetch(channel, session, digests[:3], sink)
+        assert len(stage.requests) == 1
+        stage.requests[-1].transport.close()  # the server ends the idle keep-alive connection
+        assert await fetch_bounded(channel, session, digests[3:6], sink), "batch fetch did not return"
+        assert stage.requests[-1].peer != stage.requests[0].peer
+        stage.requests[-1].transport.close()
+        assert await fetch_bounded(channel, session, digests[6:7], sink), "GET fetch did not return"
+        assert stage.requests[-1].peer not in {r.peer for r in stage.requests[:-1]}
+        assert sink.got == await blobs_of(remote, digests[:7])
+        assert channel.connections_made == 1  # the same pooled connection, reconnected inside
 
 
 async def test_missing_chunk_is_not_found(remote: Installation, remote_server: RunningServer) -> None:
-    client = await remote_server.client(remote.sync_token, remote.sync_secret)
-    try:
-        session, digests = await open_old(client, remote)
+    async with old_reader(remote_server, remote) as (client, session, digests):
         channel = client.channel
         assert channel is not None
         gone = digests[2]
@@ -565,8 +563,6 @@ async def test_missing_chunk_is_not_found(remote: Installation, remote_server: R
         # the channel is still usable after the errors
         await channel_fetch(channel, session, digests[3:5], sink)
         assert sink.got[2:] == await blobs_of(remote, digests[3:5])
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.parametrize(
@@ -574,52 +570,38 @@ async def test_missing_chunk_is_not_found(remote: Installation, remote_server: R
     [("swap", "out of order"), ("foreign", "out of order"), ("trailing", "trailing data")],
 )
 async def test_misframed_batch_answer_is_a_remote_error(remote: Installation, mode: str, match: str) -> None:
-    async with stage_server(remote) as (srv, stage):
-        client = await srv.client(remote.sync_token, remote.sync_secret)
-        try:
-            session, digests = await open_old(client, remote)
-            wanted = digests[:4]
-            stage.mode, stage.victim = mode, digests[5]
-            sink = Collect()
-            with pytest.raises(RemoteError, match=match) as info:
-                await channel_fetch(chan(client), session, wanted, sink)
-            assert not isinstance(info.value, TransientRemoteError)  # permanent: not retried
-            assert digests[5] not in sink.digests
-            if mode == "trailing":
-                assert sink.digests == wanted
-        finally:
-            await client.aclose()
+    async with stage_server(remote) as (srv, stage), old_reader(srv, remote) as (client, session, digests):
+        wanted = digests[:4]
+        stage.mode, stage.victim = mode, digests[5]
+        sink = Collect()
+        with pytest.raises(RemoteError, match=match) as info:
+            await channel_fetch(chan(client), session, wanted, sink)
+        assert not isinstance(info.value, TransientRemoteError)  # permanent: not retried
+        assert digests[5] not in sink.digests
+        if mode == "trailing":
+            assert sink.digests == wanted
 
 
 @pytest.mark.parametrize("count", [1, 4])
 async def test_blob_over_max_size_is_refused(
     remote: Installation, remote_server: RunningServer, count: int
 ) -> None:
-    client = await remote_server.client(remote.sync_token, remote.sync_secret)
-    try:
-        session, digests = await open_old(client, remote)
+    async with old_reader(remote_server, remote) as (client, session, digests):
         sink = Collect()
         with pytest.raises(RemoteError, match="exceeds the limit"):
             await channel_fetch(chan(client), session, digests[:count], sink, max_size=blob.HEADER_SIZE)
         assert sink.got == []
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.parametrize("single", [False, True])
 async def test_truncated_stream_is_transient(remote: Installation, single: bool) -> None:
-    async with faulty_server(remote) as (srv, faults):
-        client = await srv.client(remote.sync_token, remote.sync_secret)
-        try:
-            session, digests = await open_old(client, remote)
-            victim = digests[3]
-            faults.fault = lambda d, b, n: "truncate" if d == victim else b
-            sink = Collect()
-            with pytest.raises(TransientRemoteError):
-                await channel_fetch(chan(client), session, [victim] if single else digests, sink)
-            assert sink.digests == ([] if single else digests[:3])
-        finally:
-            await client.aclose()
+    async with faulty_server(remote) as (srv, faults), old_reader(srv, remote) as (client, session, digests):
+        victim = digests[3]
+        faults.fault = lambda d, b, n: "truncate" if d == victim else b
+        sink = Collect()
+        with pytest.raises(TransientRemoteError):
+            await channel_fetch(chan(client), session, [victim] if single else digests, sink)
+        assert sink.digests == ([] if single else digests[:3])
 
 
 @pytest.mark.parametrize("single", [False, True])
@@ -675,9 +657,7 @@ async def test_threaded_session_fetch_gives_up_after_the_retries(remote: Install
 async def test_sink_project_error_propagates_unchanged(
     remote: Installation, remote_server: RunningServer
 ) -> None:
-    client = await remote_server.client(remote.sync_token, remote.sync_secret)
-    try:
-        session, digests = await open_old(client, remote)
+    async with old_reader(remote_server, remote) as (client, session, digests):
         calls: list[str] = []
 
         def sink(digest: str, view: memoryview) -> None:
@@ -688,14 +668,10 @@ async def test_sink_project_error_propagates_unchanged(
         with pytest.raises(DigestMismatch):
             await channel_fetch(chan(client), session, digests, sink)
         assert calls == digests[:2]
-    finally:
-        await client.aclose()
 
 
 async def test_sink_os_error_propagates_unchanged(remote: Installation, remote_server: RunningServer) -> None:
-    client = await remote_server.client(remote.sync_token, remote.sync_secret)
-    try:
-        session, digests = await open_old(client, remote)
+    async with old_reader(remote_server, remote) as (client, session, digests):
 
         def sink(digest: str, view: memoryview) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -703,8 +679,6 @@ async def test_sink_os_error_propagates_unchanged(remote: Installation, remote_s
         with pytest.raises(OSError) as info:
             await channel_fetch(chan(client), session, digests, sink)
         assert info.value.errno == errno.ENOSPC
-    finally:
-        await client.aclose()
 
 
 # ---- 5. an expired ticket is renewed once during a threaded fetch ------------------------------

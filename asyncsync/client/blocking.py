@@ -54,7 +54,6 @@ from ..datastore.threads import CancelToken, OperationCancelled
 from ..errors import (
     AsyncSyncError,
     FingerprintMismatch,
-    NotFound,
     RemoteError,
     TransientRemoteError,
 )
@@ -425,10 +424,7 @@ class BlockingChannel:
             return
         if length > max_size:
             raise RemoteError(f"chunk {digest}: answer of {length} bytes exceeds the limit of {max_size}")
-        view = _buffer(conn, length)
-        _read_exact(resp, view)
-        job.check()
-        _deliver(sink, digest, view)
+        _receive(conn, resp, digest, length, sink, job)
 
     def _fetch_many(
         self,
@@ -447,18 +443,8 @@ class BlockingChannel:
         head_view = memoryview(head)
         for want in digests:
             _read_exact(resp, head_view)
-            raw, length = _HEADER.unpack(head)
-            got = raw.hex()
-            if got != want:
-                raise RemoteError(f"batch answer out of order: expected chunk {want}, got {got}")
-            if length == protocol.FRAME_MISSING:
-                raise NotFound(f"remote: chunk {want} not found")
-            if length > max_size:
-                raise RemoteError(f"chunk {want}: frame of {length} bytes exceeds the limit of {max_size}")
-            view = _buffer(conn, length)
-            _read_exact(resp, view)
-            job.check()
-            _deliver(sink, want, view)
+            length = protocol.frame_length(head, want, max_size)
+            _receive(conn, resp, want, length, sink, job)
         if resp.read(1):
             raise RemoteError("batch answer has trailing data")
 
@@ -476,6 +462,22 @@ def _deliver(sink: BlobSink, digest: str, view: memoryview) -> None:
         sink(digest, view)
     except Exception as exc:
         raise _SinkFailed(exc) from None
+
+
+def _receive(
+    conn: _Connection,
+    resp: http.client.HTTPResponse,
+    digest: str,
+    length: int,
+    sink: BlobSink,
+    job: FetchJob,
+) -> None:
+    """Read the ``length`` bytes (already checked against the bound) of blob ``digest`` into the
+    connection's buffer and pass them to ``sink``; the sink is not called once ``job`` is cancelled."""
+    view = _buffer(conn, length)
+    _read_exact(resp, view)
+    job.check()
+    _deliver(sink, digest, view)
 
 
 def _buffer(conn: _Connection, length: int) -> memoryview:

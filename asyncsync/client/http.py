@@ -234,15 +234,17 @@ class Client:
             raise InvalidInput(f"invalid port {port}", field="port")
         if max_connections < 1:
             raise InvalidInput("must be at least 1", field="max-connections")
+        pinned = parse_fingerprint(fingerprint) if tls and fingerprint is not None else None
         ssl_arg: aiohttp.Fingerprint | ssl.SSLContext | bool
         if not tls:
             ssl_arg = False
-        elif fingerprint is not None:
-            ssl_arg = aiohttp.Fingerprint(parse_fingerprint(fingerprint))
+        elif pinned is not None:
+            ssl_arg = aiohttp.Fingerprint(pinned)
         else:
             # loading the system CA store reads files: not on the event loop
             ssl_arg = await asyncio.to_thread(ssl.create_default_context)
-        base = yarl.URL.build(scheme="https" if tls else "http", host=_host(host), port=port)
+        bare_host = _host(host)
+        base = yarl.URL.build(scheme="https" if tls else "http", host=bare_host, port=port)
         connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, ssl=ssl_arg)
         session = aiohttp.ClientSession(
             connector=connector,
@@ -264,10 +266,10 @@ class Client:
             sleep=sleep,
             rand=rand,
             channel=BlockingChannel(
-                _host(host).strip("[]"),
+                bare_host,
                 port,
                 tls=tls,
-                fingerprint=parse_fingerprint(fingerprint) if tls and fingerprint is not None else None,
+                fingerprint=pinned,
                 timeout=timeout,
                 max_idle=max_connections,
             ),
@@ -600,7 +602,7 @@ class ReaderSession:
         for d in digests:
             check_digest(d)
         client = self.client
-        base = protocol.API_PREFIX + protocol.p_reader(self.store) + "/" + self.reader_id
+        base = protocol.API_PREFIX + protocol.p_reader_session(self.store, self.reader_id)
         delivered = 0
         received = 0
 
@@ -676,16 +678,7 @@ class ReaderSession:
                 reader = _PartsReader(resp.content)
                 for want in batch:
                     head = await reader.read(header.size)
-                    raw, length = header.unpack(b"".join(head))
-                    got = raw.hex()
-                    if got != want:
-                        raise RemoteError(f"batch answer out of order: expected chunk {want}, got {got}")
-                    if length == protocol.FRAME_MISSING:
-                        raise NotFound(f"remote: chunk {want} not found")
-                    if length > max_size:
-                        raise RemoteError(
-                            f"chunk {want}: frame of {length} bytes exceeds the limit of {max_size}"
-                        )
+                    length = protocol.frame_length(b"".join(head), want, max_size)
                     data = await reader.read(length)
                     client.stats.bytes_received += header.size + length
                     yield want, data

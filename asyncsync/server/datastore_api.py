@@ -347,11 +347,10 @@ def _snapshots_blocking(
     ns: Namespace,
     group: GroupId | None,
     only_for: AuthId | None,
-    cache: ManifestCache | None = None,
+    cache: ManifestCache,
 ) -> list[protocol.SnapshotItem]:
-    """The snapshot listing of one group (or all groups of ``ns``) the caller may see."""
-    if cache is None:
-        cache = ManifestCache(1)
+    """The snapshot listing of one group (or all groups of ``ns``) the caller may see (manifests
+    decoded through ``cache``)."""
     if not ds.namespace_exists(ns):
         raise NotFound(f"namespace {ns} does not exist")
     groups = [group] if group is not None else ds.list_groups(ns)
