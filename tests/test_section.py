@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncsync.config.section import Section, SectionConfigFile, digest_of, parse, render
-from asyncsync.errors import Conflict, InvalidInput
+from asyncsync.config.section import Section, SectionConfigFile, check_deletable, digest_of, parse, render
+from asyncsync.errors import Conflict, InvalidInput, NotFound
 
 keys = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True)
 sids = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,20}", fullmatch=True)
@@ -121,6 +121,20 @@ for i in range(int(sys.argv[3])):
         c = data.sections.setdefault("counter", Section("job", "counter", {"n": "0"}))
         c.values["n"] = str(int(c.get("n") or 0) + 1)
 """
+
+
+def test_require_and_check_deletable(tmp_path: Path) -> None:
+    f = SectionConfigFile(tmp_path / "x.cfg", frozenset({"remote"}))
+    with f.modify() as data:
+        data.sections["a"] = Section("remote", "a", {"host": "h"})
+    data = f.read()
+    assert data.require("a", "remote").get("host") == "h"
+    with pytest.raises(NotFound, match="remote 'b' is not configured"):
+        data.require("b", "remote")
+    assert check_deletable(iter(["port", "comment"]), ["comment", "port"]) == ["port", "comment"]
+    with pytest.raises(InvalidInput, match=r"cannot delete 'host' \(deletable: comment, port\)") as exc:
+        check_deletable(["port", "host"], ["comment", "port"])
+    assert exc.value.field == "delete"
 
 
 def test_concurrent_writers_never_lose_a_write(tmp_path: Path) -> None:

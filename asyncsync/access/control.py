@@ -293,15 +293,18 @@ class AccessControl:
         """Effective privileges of ``auth_id`` on ``path`` (:class:`InvalidName` for a bad path)."""
         return self._state.privileges(auth_id, parse_acl_path(path), self._clock())
 
+    def has(self, auth_id: AuthId, path: str, *privs: Privilege, any_of: bool = False) -> bool:
+        """True if :meth:`check` with the same arguments would pass (for filtering lists)."""
+        have = self.privileges(auth_id, path)
+        return (bool(have & set(privs)) if privs else bool(have)) if any_of else set(privs) <= have
+
     def check(self, auth_id: AuthId, path: str, *privs: Privilege, any_of: bool = False) -> None:
         """Raise :class:`PermissionDenied` unless ``auth_id`` has all of ``privs`` on ``path``.
 
         With ``any_of``, one of them suffices (and with no ``privs`` given, any
         privilege at all).
         """
-        have = self.privileges(auth_id, path)
-        ok = (bool(have & set(privs)) if privs else bool(have)) if any_of else set(privs) <= have
-        if not ok:
+        if not self.has(auth_id, path, *privs, any_of=any_of):
             need = (" or " if any_of else " and ").join(p.value for p in privs) or "any privilege"
             raise PermissionDenied(f"permission check failed: {auth_id} needs {need} on {path}")
 

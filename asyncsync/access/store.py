@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.paths import Paths
-from ..config.section import Section, SectionConfigFile, SectionData
+from ..config.section import Section, SectionConfigFile, SectionData, Value
 from ..datastore.chunkstore import tmp_name
 from ..errors import AlreadyExists, InvalidInput, InvalidName, NotFound, StorageError
 from ..names import ROOT_AUTH_ID, AuthId
@@ -145,6 +145,14 @@ def _parse_int(value: str | None, what: str) -> int:
 # ---- records ------------------------------------------------------------------
 
 
+def _account_values(enable: bool, expire: int, comment: str) -> dict[str, Value]:
+    """The ``user.cfg`` keys a user and a token share."""
+    values: dict[str, Value] = {"enable": "1" if enable else "0", "expire": str(expire)}
+    if comment:
+        values["comment"] = comment
+    return values
+
+
 @dataclass(frozen=True, slots=True)
 class UserInfo:
     """One user; ``expire`` is epoch seconds, 0 for never."""
@@ -169,12 +177,7 @@ class UserInfo:
         )
 
     def to_section(self) -> Section:
-        values: dict[str, str | list[str]] = {
-            "enable": "1" if self.enable else "0",
-            "expire": str(self.expire),
-        }
-        if self.comment:
-            values["comment"] = self.comment
+        values = _account_values(self.enable, self.expire, self.comment)
         if self.email:
             values["email"] = self.email
         return Section("user", str(self.userid), values)
@@ -214,13 +217,7 @@ class TokenInfo:
         )
 
     def to_section(self) -> Section:
-        values: dict[str, str | list[str]] = {
-            "enable": "1" if self.enable else "0",
-            "expire": str(self.expire),
-        }
-        if self.comment:
-            values["comment"] = self.comment
-        return Section("token", str(self.tokenid), values)
+        return Section("token", str(self.tokenid), _account_values(self.enable, self.expire, self.comment))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -71,10 +71,7 @@ def list_datastores(paths: Paths) -> list[DatastoreConfig]:
 
 def get_datastore(paths: Paths, name: str) -> DatastoreConfig:
     safe_id(name, "datastore name")
-    s = config_file(paths).read().get(name)
-    if s is None:
-        raise NotFound(f"datastore {name!r} is not configured")
-    return DatastoreConfig.from_section(s)
+    return DatastoreConfig.from_section(config_file(paths).read().require(name, "datastore"))
 
 
 def open_datastore(paths: Paths, name: str) -> Datastore:
@@ -107,9 +104,7 @@ def update_datastore(
     digest: str | None = None,
 ) -> DatastoreConfig:
     with config_file(paths).modify(digest) as data:
-        s = data.get(name)
-        if s is None:
-            raise NotFound(f"datastore {name!r} is not configured")
+        s = data.require(name, "datastore")
         if sync_level is not None:
             s.values["sync-level"] = sync_level.value
         if comment is not None:
@@ -123,10 +118,8 @@ def update_datastore(
 def remove_datastore(paths: Paths, name: str, *, destroy_data: bool = False) -> DatastoreConfig:
     """Unregister ``name``; delete its folder only with ``destroy_data``."""
     with config_file(paths).modify() as data:
-        s = data.sections.pop(name, None)
-        if s is None:
-            raise NotFound(f"datastore {name!r} is not configured")
-        cfg = DatastoreConfig.from_section(s)
+        cfg = DatastoreConfig.from_section(data.require(name, "datastore"))
+        del data.sections[name]
     if destroy_data:
         shutil.rmtree(cfg.path, ignore_errors=True)
     return cfg

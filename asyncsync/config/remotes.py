@@ -38,7 +38,7 @@ from typing import Any
 from ..errors import AlreadyExists, Conflict, InvalidInput, InvalidName, NotFound
 from ..names import AuthId, safe_id
 from .paths import Paths
-from .section import Section, SectionConfigFile
+from .section import Section, SectionConfigFile, check_deletable
 
 FILE_NAME = "remote.cfg"
 SHADOW_FILE_NAME = "remote.shadow"
@@ -275,10 +275,7 @@ def list_remotes(paths: Paths) -> tuple[list[RemoteConfig], str]:
 def get_remote_with_digest(paths: Paths, name: str) -> tuple[RemoteConfig, str]:
     check_name(name)
     data = config_file(paths).read()
-    s = data.get(name)
-    if s is None:
-        raise NotFound(f"remote {name!r} is not configured")
-    return RemoteConfig.from_section(s), data.digest
+    return RemoteConfig.from_section(data.require(name, "remote")), data.digest
 
 
 def get_remote(paths: Paths, name: str) -> RemoteConfig:
@@ -365,18 +362,11 @@ def update_remote(
     """
     check_name(name)
     _check_keys(values)
-    to_delete = list(delete)
-    for key in to_delete:
-        if key not in DELETABLE_KEYS:
-            raise InvalidInput(
-                f"cannot delete {key!r} (deletable: {', '.join(sorted(DELETABLE_KEYS))})", field="delete"
-            )
+    to_delete = check_deletable(delete, sorted(DELETABLE_KEYS))
     changes = {k: _normalize(k, v) for k, v in values.items() if v is not None}
     secret = changes.pop("password", None)
     with config_file(paths).modify(digest) as data:
-        s = data.get(name)
-        if s is None:
-            raise NotFound(f"remote {name!r} is not configured")
+        s = data.require(name, "remote")
         old = RemoteConfig.from_section(s)
         new_values = dict(s.values)
         new_values.pop("userid", None)  # the older key, rewritten as auth-id
@@ -416,10 +406,7 @@ def remove_remote(
     from .syncjobs import jobs_using_remote
 
     with config_file(paths).modify(digest) as data:
-        s = data.get(name)
-        if s is None:
-            raise NotFound(f"remote {name!r} is not configured")
-        old = RemoteConfig.from_section(s)
+        old = RemoteConfig.from_section(data.require(name, "remote"))
         if authorize is not None:
             authorize(old, None)
         # sync-job create/update hold remote.cfg's lock while they check that their remote

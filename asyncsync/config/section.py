@@ -26,12 +26,12 @@ import fcntl
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..datastore.chunkstore import tmp_name
-from ..errors import Conflict, InvalidInput, StorageError
+from ..errors import Conflict, InvalidInput, NotFound, StorageError
 
 Value = str | list[str]
 _HEADER_RE = re.compile(r"([a-z][a-z0-9-]*):\s+(\S+)\s*")
@@ -68,6 +68,23 @@ class SectionData:
 
     def get(self, id: str) -> Section | None:
         return self.sections.get(id)
+
+    def require(self, id: str, what: str) -> Section:
+        """Section ``id``; :class:`NotFound` ("``what`` 'id' is not configured") if there is none."""
+        s = self.sections.get(id)
+        if s is None:
+            raise NotFound(f"{what} {id!r} is not configured")
+        return s
+
+
+def check_deletable(keys: Iterable[str], deletable: Sequence[str]) -> list[str]:
+    """``keys`` as a list, or :class:`InvalidInput` (field ``delete``) naming the first key not in
+    ``deletable`` (listed in the given order) -- the ``update --delete`` check of every config file."""
+    out = list(keys)
+    for key in out:
+        if key not in deletable:
+            raise InvalidInput(f"cannot delete {key!r} (deletable: {', '.join(deletable)})", field="delete")
+    return out
 
 
 def parse(text: str, *, source: str = "config", types: frozenset[str] | None = None) -> dict[str, Section]:
@@ -197,4 +214,13 @@ class SectionConfigFile:
             raise StorageError(f"cannot write {self.path}: {exc.strerror}") from exc
 
 
-__all__ = ["Section", "SectionConfigFile", "SectionData", "Value", "digest_of", "parse", "render"]
+__all__ = [
+    "Section",
+    "SectionConfigFile",
+    "SectionData",
+    "Value",
+    "check_deletable",
+    "digest_of",
+    "parse",
+    "render",
+]

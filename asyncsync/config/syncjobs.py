@@ -58,7 +58,7 @@ from ..units import parse_size
 from . import remotes
 from .datastores import get_datastore
 from .paths import Paths
-from .section import Section, SectionConfigFile, Value
+from .section import Section, SectionConfigFile, Value, check_deletable
 
 FILE_NAME = "sync.cfg"
 SECTION_TYPE = "sync"
@@ -399,10 +399,7 @@ def list_jobs(paths: Paths) -> list[SyncJobConfig]:
 def get_job_with_digest(paths: Paths, id: str) -> tuple[SyncJobConfig, str]:
     _safe(id, "id")
     data = config_file(paths).read()
-    s = data.get(id)
-    if s is None:
-        raise NotFound(f"sync job {id!r} is not configured")
-    return SyncJobConfig.from_section(s), data.digest
+    return SyncJobConfig.from_section(data.require(id, "sync job")), data.digest
 
 
 def get_job(paths: Paths, id: str) -> SyncJobConfig:
@@ -504,19 +501,10 @@ def update_job(
     Nothing is written if anything is invalid.
     """
     _safe(id, "id")
-    to_delete = list(delete)
-    for key in to_delete:
-        if key not in DELETABLE_KEYS:
-            raise InvalidInput(
-                f"cannot delete {key!r} (deletable: {', '.join(k for k in KEYS if k in DELETABLE_KEYS)})",
-                field="delete",
-            )
+    to_delete = check_deletable(delete, [k for k in KEYS if k in DELETABLE_KEYS])
     changes = _normalize_all(values)
     with remotes.config_file(paths).lock(), config_file(paths).modify(digest) as data:
-        s = data.get(id)
-        if s is None:
-            raise NotFound(f"sync job {id!r} is not configured")
-        old = SyncJobConfig.from_section(s)
+        old = SyncJobConfig.from_section(data.require(id, "sync job"))
         merged: dict[str, Value] = dict(old.values)
         for key in to_delete:
             merged.pop(key, None)
@@ -543,10 +531,7 @@ def remove_job(
     """Remove job ``id`` (its state and logs are the scheduler's business)."""
     _safe(id, "id")
     with config_file(paths).modify(digest) as data:
-        s = data.get(id)
-        if s is None:
-            raise NotFound(f"sync job {id!r} is not configured")
-        old = SyncJobConfig.from_section(s)
+        old = SyncJobConfig.from_section(data.require(id, "sync job"))
         if authorize is not None:
             authorize(old, None)
         del data.sections[id]

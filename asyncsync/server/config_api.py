@@ -68,29 +68,21 @@ SYNC_JOBS = protocol.API_PREFIX + "/config/sync"
 # ---- permission rules (pure: they only ask the access-control object) -------------
 
 
-def _has(access: AccessControl, auth_id: AuthId, path: str, *privs: Privilege) -> bool:
-    try:
-        access.check(auth_id, path, *privs)
-    except PermissionDenied:
-        return False
-    return True
-
-
 def can_read_job(access: AccessControl, auth_id: AuthId, job: SyncJobConfig) -> bool:
     """Datastore.Audit on the local anchor and Remote.Audit on the remote.
 
     Proxmox requires both: a job names the local store and the remote, and
     either alone must not reveal the other side.
     """
-    return _has(access, auth_id, datastore_acl_path(job.store, job.ns), P.DATASTORE_AUDIT) and _has(
-        access, auth_id, remote_acl_path(job.remote), P.REMOTE_AUDIT
+    return access.has(auth_id, datastore_acl_path(job.store, job.ns), P.DATASTORE_AUDIT) and access.has(
+        auth_id, remote_acl_path(job.remote), P.REMOTE_AUDIT
     )
 
 
 def can_audit_all_jobs(access: AccessControl, auth_id: AuthId) -> bool:
     """True if ``auth_id`` may read any sync job that could exist, so a 404 tells it nothing new."""
-    return _has(access, auth_id, "/datastore", P.DATASTORE_AUDIT) and _has(
-        access, auth_id, "/remote", P.REMOTE_AUDIT
+    return access.has(auth_id, "/datastore", P.DATASTORE_AUDIT) and access.has(
+        auth_id, "/remote", P.REMOTE_AUDIT
     )
 
 
@@ -199,6 +191,11 @@ def _remote_body(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _caller(request: web.Request) -> tuple[AuthId, AccessControl, Paths]:
+    """What every handler here starts from: the caller, the access-control object, the paths."""
+    return get_auth_id(request), get_access(request), request.app[PATHS]
+
+
 def _digest_query(request: web.Request) -> str | None:
     return request.query.get("digest") or None
 
@@ -207,13 +204,11 @@ def _digest_query(request: web.Request) -> str | None:
 
 
 async def list_remotes(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
 
     def run() -> tuple[list[dict[str, Any]], str]:
         items, digest = remotes.list_remotes(paths)
-        visible = [r for r in items if _has(access, auth_id, remote_acl_path(r.name), P.REMOTE_AUDIT)]
+        visible = [r for r in items if access.has(auth_id, remote_acl_path(r.name), P.REMOTE_AUDIT)]
         return [r.to_json() for r in visible], digest
 
     data, digest = await asyncio.to_thread(run)
@@ -221,9 +216,7 @@ async def list_remotes(request: web.Request) -> web.Response:
 
 
 async def create_remote(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     body = _remote_body(await read_json(request))
     name = _pop_str(body, "name")
     if name is None:
@@ -238,9 +231,7 @@ async def create_remote(request: web.Request) -> web.Response:
 
 
 async def get_remote(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     name = request.match_info["name"]
 
     def run() -> dict[str, Any]:
@@ -253,9 +244,7 @@ async def get_remote(request: web.Request) -> web.Response:
 
 
 async def update_remote(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     name = request.match_info["name"]
     body = _remote_body(await read_json(request))
     digest = _pop_str(body, "digest")
@@ -272,9 +261,7 @@ async def update_remote(request: web.Request) -> web.Response:
 
 
 async def delete_remote(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     name = request.match_info["name"]
     digest = _digest_query(request)
 
@@ -290,9 +277,7 @@ async def delete_remote(request: web.Request) -> web.Response:
 
 
 async def list_sync_jobs(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
 
     def run() -> tuple[list[dict[str, Any]], str]:
         jobs, digest = syncjobs.list_jobs_with_digest(paths)
@@ -303,9 +288,7 @@ async def list_sync_jobs(request: web.Request) -> web.Response:
 
 
 async def create_sync_job(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     body = await read_json(request)
     id = _pop_str(body, "id")
     if id is None:
@@ -332,9 +315,7 @@ async def create_sync_job(request: web.Request) -> web.Response:
 
 
 async def get_sync_job(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     id = request.match_info["id"]
 
     def run() -> dict[str, Any]:
@@ -345,9 +326,7 @@ async def get_sync_job(request: web.Request) -> web.Response:
 
 
 async def update_sync_job(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     id = request.match_info["id"]
     body = await read_json(request)
     digest = _pop_str(body, "digest")
@@ -375,9 +354,7 @@ async def update_sync_job(request: web.Request) -> web.Response:
 
 
 async def delete_sync_job(request: web.Request) -> web.Response:
-    auth_id = get_auth_id(request)
-    access = get_access(request)
-    paths = request.app[PATHS]
+    auth_id, access, paths = _caller(request)
     id = request.match_info["id"]
     digest = _digest_query(request)
 
@@ -388,9 +365,9 @@ async def delete_sync_job(request: web.Request) -> web.Response:
     def run() -> None:
         _check_modify_old(access, auth_id, _job_or_deny(paths, access, auth_id, id, modify=True)[0])
         syncjobs.remove_job(paths, id, digest=digest, authorize=authorize)
+        forget_job(paths, SYNC_JOB_TYPE, id)
 
     await asyncio.to_thread(run)
-    await asyncio.to_thread(forget_job, paths, SYNC_JOB_TYPE, id)
     return ok(None)
 
 

@@ -36,11 +36,10 @@ from typing import Any, Self
 from aiohttp import web
 
 from .. import protocol
-from ..access import AccessControl
 from ..access.privileges import Privilege
 from ..config import syncjobs
 from ..config.paths import Paths
-from ..errors import InvalidInput, NotFound, PermissionDenied
+from ..errors import InvalidInput, NotFound
 from ..jobs import tasks as T
 from ..jobs.calendar import local_timezone
 from ..jobs.clock import Clock, SystemClock
@@ -118,14 +117,6 @@ JOBS: web.AppKey[JobService] = web.AppKey("jobs", JobService)
 # ---- permission helpers ------------------------------------------------------------
 
 
-def _has(access: AccessControl, auth_id: AuthId, path: str, priv: Privilege) -> bool:
-    try:
-        access.check(auth_id, path, priv)
-    except PermissionDenied:
-        return False
-    return True
-
-
 def _task_user(upid: T.Upid) -> AuthId | None:
     try:
         return AuthId.parse(upid.auth_id)
@@ -133,7 +124,7 @@ def _task_user(upid: T.Upid) -> AuthId | None:
         return None
 
 
-def _may_see(access: AccessControl, auth_id: AuthId, upid: T.Upid, *, all_tasks: bool) -> bool:
+def _may_see(auth_id: AuthId, upid: T.Upid, *, all_tasks: bool) -> bool:
     if all_tasks:
         return True
     user = _task_user(upid)
@@ -146,7 +137,7 @@ def _check_task(request: web.Request, upid: T.Upid, priv: Privilege) -> None:
     user = _task_user(upid)
     if user is not None and owns(auth_id, user):
         return
-    if not _has(access, auth_id, "/system", priv):
+    if not access.has(auth_id, "/system", priv):
         # the same answer as for an unknown task: ids of others' tasks are not confirmed
         raise NotFound(f"task {upid} not found")
 
@@ -215,9 +206,9 @@ async def list_tasks(request: web.Request) -> web.Response:
     running = _bool_query(request, "running")
     start = _int_query(request, "start", 0, 0, MAX_TASK_LIST)
     limit = _int_query(request, "limit", 50, 1, MAX_TASK_LIST)
-    all_tasks = _has(access, auth_id, "/system", Privilege.SYS_AUDIT)
+    all_tasks = access.has(auth_id, "/system", Privilege.SYS_AUDIT)
     infos = await asyncio.to_thread(T.list_tasks, paths, running=running, limit=None)
-    visible = [i for i in infos if _may_see(access, auth_id, i.upid, all_tasks=all_tasks)]
+    visible = [i for i in infos if _may_see(auth_id, i.upid, all_tasks=all_tasks)]
     page = visible[start : start + limit]
     return web.json_response({"data": [i.to_json() for i in page], "total": len(visible)})
 
