@@ -77,53 +77,42 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ]
         return "; ".join(reasons) or "not measured in this run"
 
-    out = []
-    for transport in ("https", "http"):
+    def vs(name: str, scenario: str, mine: str, peer: str, threshold: float, key: str = "mib_s") -> None:
+        """Append the target ``mine ÷ peer ≥ threshold`` on ``key`` in ``scenario``."""
         out.append(
             _target(
-                f"cold: asyncsync-{transport} ≥ 1.0× rclone-{transport}",
-                _ratio(results, "cold", f"asyncsync-{transport}", f"rclone-{transport}"),
-                1.0,
-                why_missing=why("asyncsync", "rclone"),
+                name,
+                _ratio(results, scenario, mine, peer, key),
+                threshold,
+                why_missing=why("asyncsync", peer),
             )
         )
-    out.append(
-        _target(
-            "cold: asyncsync-http ≥ 1.0× rsync (both unencrypted)",
-            _ratio(results, "cold", "asyncsync-http", "rsync"),
+
+    out: list[dict[str, Any]] = []
+    for transport in ("https", "http"):
+        vs(
+            f"cold: asyncsync-{transport} ≥ 1.0× rclone-{transport}",
+            "cold",
+            f"asyncsync-{transport}",
+            f"rclone-{transport}",
             1.0,
-            why_missing=why("asyncsync", "rsync"),
         )
-    )
-    out.append(
-        _target(
-            "cold: asyncsync-https ≥ 1.0× rsync",
-            _ratio(results, "cold", "asyncsync-https", "rsync"),
-            1.0,
-            why_missing=why("asyncsync", "rsync"),
-        )
-    )
+    vs("cold: asyncsync-http ≥ 1.0× rsync (both unencrypted)", "cold", "asyncsync-http", "rsync", 1.0)
+    vs("cold: asyncsync-https ≥ 1.0× rsync", "cold", "asyncsync-https", "rsync", 1.0)
     for peer, mine in (
         ("rsync", "asyncsync-http"),
         ("rclone-http", "asyncsync-http"),
         ("rclone-https", "asyncsync-https"),
     ):
-        out.append(
-            _target(
-                f"incremental: {mine} ≥ 5× faster than {peer}",
-                _ratio(results, "incremental", mine, peer),
-                5.0,
-                why_missing=why("asyncsync", peer),
-            )
-        )
+        vs(f"incremental: {mine} ≥ 5× faster than {peer}", "incremental", mine, peer, 5.0)
     for transport in ("https", "http"):
-        out.append(
-            _target(
-                f"small: asyncsync-{transport} chunks/s ≥ 2× rclone-{transport} files/s",
-                _ratio(results, "small", f"asyncsync-{transport}", f"rclone-{transport}", "per_s"),
-                2.0,
-                why_missing=why("asyncsync", "rclone"),
-            )
+        vs(
+            f"small: asyncsync-{transport} chunks/s ≥ 2× rclone-{transport} files/s",
+            "small",
+            f"asyncsync-{transport}",
+            f"rclone-{transport}",
+            2.0,
+            "per_s",
         )
     lat = results.get("scenarios", {}).get("latency", {})
     delayed = next((t for t in (lat.get("tools") or {}) if t.startswith("asyncsync-https+")), None)
@@ -158,22 +147,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             why_missing=why("asyncsync"),
         )
     )
-    out.append(
-        _target(
-            "noop: asyncsync-http ≥ 3× faster than rsync",
-            _ratio(results, "noop", "asyncsync-http", "rsync"),
+    for transport in ("http", "https"):
+        vs(
+            f"noop: asyncsync-{transport} ≥ 3× faster than rsync",
+            "noop",
+            f"asyncsync-{transport}",
+            "rsync",
             3.0,
-            why_missing=why("asyncsync", "rsync"),
         )
-    )
-    out.append(
-        _target(
-            "noop: asyncsync-https ≥ 3× faster than rsync",
-            _ratio(results, "noop", "asyncsync-https", "rsync"),
-            3.0,
-            why_missing=why("asyncsync", "rsync"),
-        )
-    )
     peaks = [
         s["peak_rss_mib"]
         for name, sc in _flat_scenarios(results)

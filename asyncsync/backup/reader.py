@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..datastore import blob
-from ..datastore.chunkstore import ChunkStore, tmp_name
+from ..datastore.chunkstore import ChunkStore, tmp_name, write_all
 from ..datastore.datastore import Datastore
 from ..datastore.index import DynamicIndex, FixedIndex, decode_index
 from ..datastore.manifest import FileEntry
@@ -389,10 +389,7 @@ def _restore_image(reader: ChunkReader, tmp: Path, target: Path) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            for data in reader.iter_chunks():
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+            write_all(fd, reader.iter_chunks())
         finally:
             os.close(fd)
         os.replace(tmp, target)

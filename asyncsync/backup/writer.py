@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import stat
@@ -40,7 +41,7 @@ from typing import Any
 
 from ..datastore.blob import MAX_CHUNK_SIZE
 from ..datastore.chunkstore import ChunkStore, is_stale_tmp
-from ..datastore.datastore import Datastore
+from ..datastore.datastore import Datastore, SnapshotWriter
 from ..datastore.index import DynamicIndex, FixedIndex
 from ..datastore.threads import CancelToken, check, run_cancellable
 from ..errors import AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied, StorageError
@@ -442,6 +443,75 @@ def _cleanup_group_temp(store: Datastore, ns: Namespace, group: GroupId) -> None
                 os.unlink(p)
 
 
+#: called after each chunk cut with the archive bytes and the file bytes read so far
+_ChunkCut = Callable[[int, int], None]
+
+
+def _store_image(
+    src: ArchiveSource,
+    fixed: FixedChunker,
+    sink: _ChunkSink,
+    writer: SnapshotWriter,
+    stats: ArchiveStats,
+    cut: _ChunkCut,
+    cancel: CancelToken | None,
+) -> int:
+    """Cut the image ``src`` into fixed chunks, add its index and fill ``stats``; returns file bytes read."""
+    try:
+        image = open(src.path, "rb", buffering=0)  # noqa: SIM115
+    except OSError as exc:
+        raise StorageError(f"cannot read {src.path}: {exc.strerror}") from exc
+    with image:
+        size = image.seek(0, os.SEEK_END)
+        image.seek(0)
+        read = 0
+        for piece in fixed.cut_stream(image):
+            check(cancel)
+            sink.add(piece)
+            read += len(piece)
+            cut(read, read)
+    entries = sink.finish()
+    if sum(s for _, s in entries) != size:
+        raise StorageError(f"{src.path} changed size while it was read")
+    index = FixedIndex(tuple(d for d, _ in entries), size, fixed.chunk_size, ctime=writer.snap.time)
+    writer.add_index(src.name, index)
+    stats.size, stats.files = size, 1
+    return size
+
+
+def _store_tree(
+    src: ArchiveSource,
+    dynamic: DynamicChunker,
+    sink: _ChunkSink,
+    writer: SnapshotWriter,
+    stats: ArchiveStats,
+    cut: _ChunkCut,
+    cancel: CancelToken | None,
+    warn: Warn,
+) -> int:
+    """Archive the folder or file ``src`` as a tar stream cut into dynamic chunks, add its index
+    and fill ``stats``; returns the file content bytes read."""
+    tar = TarStream(src.path, warn=warn, stats=stats)
+    read = 0
+    try:
+        for piece in dynamic.cut_stream(tar):
+            check(cancel)
+            sink.add(piece)
+            read += len(piece)
+            # file_bytes runs up to one chunker buffer ahead of ``read``
+            cut(read, tar.file_bytes)
+    finally:
+        tar.close()
+    ends: list[tuple[int, bytes]] = []
+    offset = 0
+    for digest, n in sink.finish():
+        offset += n
+        ends.append((offset, digest))
+    writer.add_index(src.name, DynamicIndex(tuple(ends), ctime=writer.snap.time))
+    stats.size = offset
+    return tar.file_bytes
+
+
 def run_backup(
     store: Datastore,
     ns: Namespace,
@@ -475,6 +545,11 @@ def run_backup(
     def report_progress(archive: str, read: int, files: int) -> None:
         if progress is not None:
             progress(BackupProgress(archive, read_before + read, files_before + files, chunks))
+
+    def chunk_cut(archive: str, read: int, files: int) -> None:
+        nonlocal chunks
+        chunks += 1
+        report_progress(archive, read, files)
 
     _check_sources(sources)
     fixed = FixedChunker(options.chunk_size)
@@ -519,52 +594,11 @@ def run_backup(
                     continue
                 sink = _ChunkSink(store.chunks, pool, stats, max(1, options.max_inflight))
                 try:
+                    cut = functools.partial(chunk_cut, src.name)
                     if src.kind == "fidx":
-                        try:
-                            image = open(src.path, "rb", buffering=0)  # noqa: SIM115
-                        except OSError as exc:
-                            raise StorageError(f"cannot read {src.path}: {exc.strerror}") from exc
-                        with image:
-                            size = image.seek(0, os.SEEK_END)
-                            image.seek(0)
-                            read = 0
-                            for piece in fixed.cut_stream(image):
-                                check(cancel)
-                                sink.add(piece)
-                                read += len(piece)
-                                chunks += 1
-                                report_progress(src.name, read, read)
-                        entries = sink.finish()
-                        if sum(s for _, s in entries) != size:
-                            raise StorageError(f"{src.path} changed size while it was read")
-                        writer.add_index(
-                            src.name,
-                            FixedIndex(tuple(d for d, _ in entries), size, fixed.chunk_size, ctime=snap.time),
-                        )
-                        stats.size, stats.files = size, 1
-                        file_bytes = size
+                        file_bytes = _store_image(src, fixed, sink, writer, stats, cut, cancel)
                     else:
-                        tar = TarStream(src.path, warn=warn, stats=stats)
-                        read = 0
-                        try:
-                            for piece in dynamic.cut_stream(tar):
-                                check(cancel)
-                                sink.add(piece)
-                                read += len(piece)
-                                chunks += 1
-                                # file_bytes runs up to one chunker buffer ahead of ``read``
-                                report_progress(src.name, read, tar.file_bytes)
-                        finally:
-                            tar.close()
-                        entries = sink.finish()
-                        ends: list[tuple[int, bytes]] = []
-                        offset = 0
-                        for digest, n in entries:
-                            offset += n
-                            ends.append((offset, digest))
-                        writer.add_index(src.name, DynamicIndex(tuple(ends), ctime=snap.time))
-                        stats.size = offset
-                        file_bytes = tar.file_bytes
+                        file_bytes = _store_tree(src, dynamic, sink, writer, stats, cut, cancel, warn)
                     report_progress(src.name, stats.size, file_bytes)
                     read_before += stats.size
                     files_before += file_bytes

@@ -73,6 +73,29 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, parts: Iterable[bytes | memoryview], *, fsync: bool = False) -> None:
+    """Write ``parts`` to ``fd`` in order, each whole (``os.write`` may write less than
+    asked), then ``fsync`` it if asked. The caller owns (and closes) ``fd``."""
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
+    if fsync:
+        os.fsync(fd)
+
+
+def _touch_if_present(final: str) -> bool:
+    """True (and the chunk's mtime set to now, for gc's grace period) if a chunk of a
+    plausible size is at ``final``; False if there is none, or a damaged one to rewrite."""
+    try:
+        if blob.encoded_size_ok(os.stat(final).st_size):
+            os.utime(final)
+            return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -180,13 +203,8 @@ class ChunkStore:
         prefix = digest[:4]
         folder = f"{self._base_str}/{prefix}"
         final = f"{folder}/{digest}"
-        if not replace:
-            try:
-                if blob.encoded_size_ok(os.stat(final).st_size):
-                    os.utime(final)
-                    return False
-            except FileNotFoundError:
-                pass
+        if not replace and _touch_if_present(final):
+            return False
         if prefix not in self._prefixes:
             try:
                 os.mkdir(folder)
@@ -208,13 +226,7 @@ class ChunkStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                if self.sync_level is SyncLevel.FILE:
-                    os.fsync(fd)
+                write_all(fd, parts, fsync=self.sync_level is SyncLevel.FILE)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
@@ -258,12 +270,7 @@ class ChunkStore:
                 return None
             raise StorageError(f"cannot write chunk {digest}: {exc.strerror}") from exc
         try:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
-            if self.sync_level is SyncLevel.FILE:
-                os.fsync(fd)
+            write_all(fd, parts, fsync=self.sync_level is SyncLevel.FILE)
             # linkat(…, AT_SYMLINK_FOLLOW) is what links an unnamed file; Python only calls linkat
             # (not link, which would link the /proc symlink itself) when a dir fd is given: the
             # source path is absolute, so the kernel ignores that fd
@@ -296,8 +303,8 @@ class ChunkStore:
     def insert_data(self, data: bytes | memoryview, *, compress: bool = True) -> tuple[str, bool]:
         """Hash, encode and store ``data``; returns (digest, newly written)."""
         digest = blob.digest_of(data)
-        if self.exists(digest):
-            self.touch(digest)
+        # checked before encoding: a chunk already stored is not compressed again
+        if _touch_if_present(str(self.path(digest))):
             return digest, False
         return digest, self.insert(digest, blob.encode(data, compress=compress))
 
@@ -364,4 +371,13 @@ class ChunkStore:
         return removed
 
 
-__all__ = ["TMP_DIR", "ChunkStore", "SyncLevel", "fsync_dir", "is_stale_tmp", "syncfs", "tmp_name"]
+__all__ = [
+    "TMP_DIR",
+    "ChunkStore",
+    "SyncLevel",
+    "fsync_dir",
+    "is_stale_tmp",
+    "syncfs",
+    "tmp_name",
+    "write_all",
+]

@@ -51,7 +51,7 @@ from ..names import (
     parse_time,
 )
 from . import blob
-from .chunkstore import ChunkStore, SyncLevel, fsync_dir, is_stale_tmp, syncfs, tmp_name
+from .chunkstore import ChunkStore, SyncLevel, fsync_dir, is_stale_tmp, syncfs, tmp_name, write_all
 from .index import Index, decode_index
 from .manifest import MANIFEST_NAME, FileEntry, Manifest
 
@@ -613,11 +613,7 @@ class SnapshotWriter:
 def _write_file(path: Path, data: bytes, level: SyncLevel) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if level is SyncLevel.FILE:
-            os.fsync(fd)
+        write_all(fd, (data,), fsync=level is SyncLevel.FILE)
     finally:
         os.close(fd)
 

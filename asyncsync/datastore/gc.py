@@ -130,26 +130,22 @@ def run_gc(
             if digest in referenced:
                 report.kept += 1
                 report.kept_bytes += st.st_size
-            elif st.st_mtime >= cutoff:
-                report.kept += 1
-                report.kept_bytes += st.st_size
-                report.pending += 1
-                report.pending_bytes += st.st_size
-            else:
+                continue
+            if st.st_mtime < cutoff:
                 # Re-check right before removing: a concurrent writer may just have touched it.
                 try:
                     fresh = os.stat(store.chunks.path(digest))
                 except FileNotFoundError:
                     continue
-                if fresh.st_mtime >= cutoff:
-                    report.kept += 1
-                    report.kept_bytes += st.st_size
-                    report.pending += 1
-                    report.pending_bytes += st.st_size
+                if fresh.st_mtime < cutoff:
+                    store.chunks.remove(digest)
+                    report.removed += 1
+                    report.removed_bytes += st.st_size
                     continue
-                store.chunks.remove(digest)
-                report.removed += 1
-                report.removed_bytes += st.st_size
+            report.kept += 1
+            report.kept_bytes += st.st_size
+            report.pending += 1
+            report.pending_bytes += st.st_size
     report.seconds = time.monotonic() - started
     return report
 

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config.paths import Paths
-from ..datastore.chunkstore import tmp_name
 from ..errors import AsyncSyncError, InvalidInput, Locked, StorageError
 from ..names import safe_id
 from .calendar import next_event
-from .tasks import TaskState, TaskStateKind, Upid, get_task
+from .tasks import TaskState, TaskStateKind, Upid, get_task, write_text_atomic
 
 STATE_DIR = "jobstates"
 Kind = Literal["created", "started", "finished"]
@@ -126,14 +125,11 @@ def load_job_state(paths: Paths, job_type: str, job_id: str) -> JobState | None:
 
 def save_job_state(paths: Paths, job_type: str, job_id: str, state: JobState) -> None:
     path = state_path(paths, job_type, job_id)
-    tmp = path.with_name(tmp_name(path.name))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(state.to_json()))
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+    write_text_atomic(path, json.dumps(state.to_json()))
 
 
 def ensure_created(paths: Paths, job_type: str, job_id: str, now: float) -> JobState:

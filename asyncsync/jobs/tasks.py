@@ -279,14 +279,23 @@ def _read_lines(path: Path) -> list[str]:
         raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by a file holding ``text`` (temp file + rename): readers see the old
+    or the new content, never a part; :class:`StorageError` on failure, and no temp file is
+    left behind on any error or interruption."""
     tmp = path.with_name(tmp_name(path.name))
     try:
-        tmp.write_text("".join(f"{line}\n" for line in lines))
+        tmp.write_text(text)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+        raise
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    write_text_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
 def _parse_archive_line(line: str) -> TaskInfo | None:
@@ -883,4 +892,5 @@ __all__ = [
     "tasks_dir",
     "wait_ended",
     "wait_or_stop",
+    "write_text_atomic",
 ]
