@@ -73,13 +73,21 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+#: the most one ``write`` call hands the kernel. Why: for a single write of 2 MiB or more,
+#: ext4 (large folios, Linux 6.x) allocates 2 MiB page-cache folios; on a VM whose free memory
+#: the host has taken back, filling those cost 3.6-4.7 s of system time per GiB, against
+#: 0.3-0.4 s/GiB in writes of 64 KiB to 1 MiB (docs/performance.md, "Page-cache folios").
+WRITE_PIECE = 1024 * 1024
+
+
 def write_all(fd: int, parts: Iterable[bytes | memoryview], *, fsync: bool = False) -> None:
     """Write ``parts`` to ``fd`` in order, each whole (``os.write`` may write less than
-    asked), then ``fsync`` it if asked. The caller owns (and closes) ``fd``."""
+    asked), in calls of at most :data:`WRITE_PIECE` bytes, then ``fsync`` it if asked.
+    The caller owns (and closes) ``fd``."""
     for part in parts:
         view = memoryview(part)
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[os.write(fd, view[:WRITE_PIECE]) :]
     if fsync:
         os.fsync(fd)
 
