@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import threading
 from pathlib import Path
 
 import pytest
 
 from asyncsync.datastore import blob
-from asyncsync.datastore.chunkstore import TMP_DIR, ChunkStore, SyncLevel
+from asyncsync.datastore.chunkstore import TMP_DIR, WRITE_PIECE, ChunkStore, SyncLevel, write_all
 from asyncsync.datastore.datastore import Datastore
 from asyncsync.errors import DigestMismatch
 from asyncsync.sync.fetch import verify_and_write_many
@@ -149,3 +150,16 @@ async def test_run_acquire_releases_nothing_when_the_hop_fails() -> None:
     with pytest.raises(OSError, match="no"):
         await run_acquire(acquire, released.append)
     assert released == []
+
+
+def test_write_all_splits_large_parts_and_keeps_every_byte(tmp_path: Path) -> None:
+    """Parts larger than WRITE_PIECE go out in several calls; the file is exactly the parts, in order."""
+    rng = random.Random(7)
+    parts = [rng.randbytes(2 * WRITE_PIECE + 12345), b"", rng.randbytes(17), rng.randbytes(WRITE_PIECE)]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_all(fd, [memoryview(parts[0]), *parts[1:]])
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts)
