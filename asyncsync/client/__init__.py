@@ -1,4 +1,6 @@
-"""The aiohttp client of a remote asyncsync server: pinning, login, retries, typed calls.
+"""The HTTP client of a remote asyncsync server: pinning, login, retries, typed calls.
+
+Importing it does not import aiohttp (only the rate-limited streaming fetch does, on first use).
 
 ::
 

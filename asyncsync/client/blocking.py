@@ -12,6 +12,12 @@ releases the GIL in blake3, CRC and ``write``). Decryption, hashing and
 writing of different batches thus run in parallel on every core, and the event
 loop only schedules batches.
 
+The same connections carry the client's control requests (login, listings,
+reader open/close, file and single-chunk downloads) through
+:meth:`BlockingChannel.call`, one worker-thread hop each: that spares a pull
+importing aiohttp at all (0.2-0.3 s) unless it streams batches under a rate
+limit.
+
 Contracts:
 
 * **Same wire protocol and checks as the async client.** A batch is ``POST
@@ -58,7 +64,7 @@ from ..errors import (
     TransientRemoteError,
 )
 from ..fingerprint import format_fingerprint
-from .errors import error_for_status
+from .errors import error_for_status, tls_handshake_failed, untrusted_certificate
 
 #: called in the worker thread with each received blob; the view is valid only during the call
 BlobSink = Callable[[str, memoryview], None]
@@ -204,6 +210,10 @@ class _Connection(http.client.HTTPConnection):
         self.buffer = bytearray()
         #: an answer was read on this connection: the server may have closed it while it was idle
         self.used = False
+        #: the TCP socket while its TLS handshake runs (so :meth:`shutdown` can interrupt it)
+        self._handshaking: socket.socket | None = None
+        #: :meth:`shutdown` was called: never connect or send again
+        self.interrupted = False
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), self.timeout)
@@ -211,9 +221,15 @@ class _Connection(http.client.HTTPConnection):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._tls:
             self.sock = sock
+            self._check_interrupted(sock)
             return
         assert self._context is not None
-        stream = _TLSStream(sock, self._context, self.host)
+        self._handshaking = sock
+        try:
+            self._check_interrupted(sock)  # a shutdown before ``_handshaking`` was set saw no socket
+            stream = _TLSStream(sock, self._context, self.host)
+        finally:
+            self._handshaking = None
         if self._fingerprint is not None:
             seen = hashlib.sha256(stream.getpeercert(True) or b"").digest()
             if seen != self._fingerprint:
@@ -222,10 +238,20 @@ class _Connection(http.client.HTTPConnection):
                     format_fingerprint(self._fingerprint), format_fingerprint(seen), url=self.host
                 )
         self.sock = stream
+        self._check_interrupted(stream)
+
+    def _check_interrupted(self, sock: socket.socket | _TLSStream) -> None:
+        # :meth:`shutdown` runs in another thread: whichever of it and ``connect`` comes second
+        # sees the other's write (the flag, or the socket to shut down)
+        if self.interrupted:
+            sock.close()
+            self.sock = None
+            raise ConnectionAbortedError("the request was cancelled")
 
     def shutdown(self) -> None:
         """Make a read blocked in another thread fail now (the descriptor stays owned by that thread)."""
-        sock = self.sock
+        self.interrupted = True
+        sock = self.sock if self.sock is not None else self._handshaking
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -355,6 +381,7 @@ class BlockingChannel:
         job._attach(conn)
         reusable = False
         try:
+            self._connect(conn, job)
             if len(digests) == 1:
                 self._fetch_one(conn, base_path, headers, digests[0], sink, job, max_size)
             else:
@@ -378,6 +405,96 @@ class BlockingChannel:
             else:
                 conn.close()
 
+    @property
+    def origin(self) -> str:
+        """``scheme://host[:port]`` of the server (the prefix of error messages' URLs)."""
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return f"{scheme}://{host.lower()}" + ("" if self.port == default else f":{self.port}")
+
+    def call(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        job: FetchJob,
+        *,
+        max_size: int,
+    ) -> bytes:
+        """One request on a keep-alive connection; the whole answer body. Blocking.
+
+        ``target`` is the path with its query, already encoded
+        (``/api2/json/admin/datastore/S/groups?ns=a``); a ``body`` is sent as JSON.
+        At most ``max_size`` bytes are read: a Content-Length above it raises
+        :class:`RemoteError` before reading, a longer unsized body once the bound is
+        passed. Errors: HTTP >= 400 through :func:`error_for_status`; certificate and
+        handshake failures as :meth:`_connect` says; a refused, reset or timed out
+        connection and a truncated body :class:`TransientRemoteError`; after
+        ``job.cancel()`` :class:`OperationCancelled`. A connection that saw any error
+        is closed, never reused.
+        """
+        url = self.origin + target
+        try:
+            conn = self._acquire()
+        except OperationCancelled:
+            if job.cancelled:
+                raise
+            raise RemoteError(f"{url}: the client is closed", url=url) from None
+        job._attach(conn)
+        reusable = False
+        try:
+            self._connect(conn, job)
+            resp = self._request(conn, method, target, headers, body)
+            data = _read_body(resp, max_size, f"{method} {target}")
+            job.check()
+            reusable = resp.isclosed()  # the body was read to its end: the connection is clean
+            return data
+        except AsyncSyncError:
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if job.cancelled:
+                raise OperationCancelled() from exc
+            raise _transport_error(exc, url) from exc
+        finally:
+            job._attach(None)
+            if reusable and not job.cancelled:
+                self._release(conn)
+            else:
+                conn.close()
+
+    def _connect(self, conn: _Connection, job: FetchJob) -> None:
+        """Open ``conn`` if it is not open (an idle pooled connection is), mapping connect failures.
+
+        :class:`FingerprintMismatch` for a pinned certificate that differs; a
+        :class:`RemoteError` for a certificate the system CAs do not trust (no
+        fingerprint), a failed TLS handshake (e.g. a plain HTTP server) or an
+        unknown host name; :class:`TransientRemoteError` for a refused or timed out
+        connection; :class:`OperationCancelled` after ``job.cancel()``.
+        """
+        if conn.sock is not None:
+            return
+        url = self.origin
+        try:
+            conn.connect()
+        except AsyncSyncError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise untrusted_certificate(url, exc.verify_message or exc.reason) from exc
+        except ssl.SSLError as exc:
+            if job.cancelled:
+                raise OperationCancelled() from exc
+            raise tls_handshake_failed(url, exc) from exc
+        except socket.gaierror as exc:
+            raise RemoteError(f"cannot resolve the host of {url}: {exc}", url=url) from exc
+        except TimeoutError as exc:
+            raise TransientRemoteError(f"timeout talking to {url}", url=url) from exc
+        except OSError as exc:
+            if job.cancelled:
+                raise OperationCancelled() from exc
+            raise TransientRemoteError(f"cannot connect to {url}: {exc}", url=url) from exc
+
     def _request(
         self, conn: _Connection, method: str, path: str, headers: dict[str, str], body: bytes | None
     ) -> http.client.HTTPResponse:
@@ -388,7 +505,7 @@ class BlockingChannel:
             conn.request(method, path, body=body, headers=hdrs)
             resp = conn.getresponse()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            if not conn.used:
+            if not conn.used or conn.interrupted:  # a cancelled request is not repeated
                 raise
             # an idle keep-alive connection the server had closed: once more on a fresh one
             # (the requests are reads, safe to repeat)
@@ -447,6 +564,30 @@ class BlockingChannel:
             _receive(conn, resp, want, length, sink, job)
         if resp.read(1):
             raise RemoteError("batch answer has trailing data")
+
+
+def _read_body(resp: http.client.HTTPResponse, max_size: int, what: str) -> bytes:
+    """The whole body of ``resp``, refusing more than ``max_size`` bytes before buffering it."""
+    length = resp.length
+    if length is not None:
+        if length > max_size:
+            raise RemoteError(f"{what}: answer of {length} bytes exceeds the limit of {max_size}")
+        return resp.read()  # exactly ``length`` bytes, or IncompleteRead
+    data = resp.read(max_size + 1)  # chunked or up to EOF: one byte more tells an excess
+    if len(data) > max_size:
+        raise RemoteError(f"{what}: answer exceeds the limit of {max_size} bytes")
+    return data
+
+
+def _transport_error(exc: BaseException, url: str) -> TransientRemoteError:
+    """A failure after the connection was open: all are worth a retry."""
+    if isinstance(exc, TimeoutError):
+        return TransientRemoteError(f"timeout talking to {url}", url=url)
+    if isinstance(exc, http.client.IncompleteRead):
+        return TransientRemoteError(f"truncated answer from {url}", url=url)
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return TransientRemoteError(f"{url}: server closed the connection", url=url)
+    return TransientRemoteError(f"connection to {url} failed: {exc!r}", url=url)
 
 
 class _SinkFailed(Exception):

@@ -1,12 +1,22 @@
 """The HTTP client of a remote asyncsync server.
 
-:class:`Client` holds one aiohttp session (a connection pool of
-``max_connections``) pinned to the server's certificate fingerprint, logged in
-with a password (ticket) or an API token. Every call maps failures to the
-project's error tree (see :mod:`asyncsync.client.errors`) and retries
+:class:`Client` talks to one server pinned to its certificate fingerprint,
+logged in with a password (ticket) or an API token. Every call maps failures
+to the project's error tree (see :mod:`asyncsync.client.errors`) and retries
 transient ones (reset, timeout, 429/5xx) with exponential backoff and jitter,
 at most ``retries`` times; the sleep function and the random source are
 injectable for tests.
+
+Two transports. Every request except the async streaming batch fetch
+(:meth:`ReaderSession.fetch_chunks_parts`, used by rate-limited pulls) is one
+worker-thread hop over the client's :class:`~.blocking.BlockingChannel`
+(keep-alive ``http.client`` connections): login, listings, reader open/close,
+file and single-chunk downloads, and the threaded batch fetch. Why: importing
+aiohttp costs 0.2-0.3 s (its connector builds SSL contexts from the system CA
+store at import time), a large share of a pull that has nothing to do. aiohttp
+is imported, and its session (a connection pool of ``max_connections``)
+created, only when the streaming path is first used; :meth:`Client.aclose`
+closes it then.
 
 :class:`ReaderSession` reads one snapshot: its files, single chunks, and
 batches of chunks as a framed stream (:data:`asyncsync.protocol.FRAME_HEADER`).
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import random
@@ -25,10 +36,11 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import quote, urlencode
 
-import aiohttp
-import yarl
+if TYPE_CHECKING:
+    import aiohttp
 
 from .. import protocol
 from ..datastore import blob
@@ -55,6 +67,10 @@ T = TypeVar("T")
 MAX_JSON_ANSWER = 64 * 1024 * 1024
 #: aiohttp read buffer per connection (the transport pauses above twice this)
 READ_BUFSIZE = 1024 * 1024
+#: characters left as they are in a request path (the rest is percent-encoded, as aiohttp did)
+_PATH_SAFE = "/:@!$&'()*+,;="
+#: ... and in a query value (``/`` and ``:`` of namespaces and times stay readable, as with aiohttp)
+_QUERY_SAFE = "/:@"
 #: largest error body read (only its message is used)
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -93,21 +109,6 @@ def _host(host: str) -> str:
     if not h:
         raise InvalidInput("empty host", field="host")
     return h
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, max_size: int, what: str) -> bytes:
-    """The whole body of ``resp``, refusing more than ``max_size`` bytes before buffering it."""
-    length = resp.content_length
-    if length is not None:
-        if length > max_size:
-            raise RemoteError(f"{what}: answer of {length} bytes exceeds the limit of {max_size}")
-        return await resp.content.readexactly(length)
-    buf = bytearray()
-    async for piece in resp.content.iter_any():
-        buf += piece
-        if len(buf) > max_size:
-            raise RemoteError(f"{what}: answer exceeds the limit of {max_size} bytes")
-    return bytes(buf)
 
 
 #: a blob as received: its bytes in order, in the pieces the transport delivered
@@ -167,25 +168,27 @@ class Client:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        base: yarl.URL,
+        channel: BlockingChannel,
         auth_id: AuthId,
         secret: str,
         *,
         policy: RetryPolicy,
         sleep: Sleep,
         rand: Callable[[], float],
-        channel: BlockingChannel | None = None,
+        max_connections: int = 16,
     ) -> None:
-        self._session = session
-        #: blocking connections for chunk transfers on worker threads (see :mod:`.blocking`)
+        #: blocking keep-alive connections, used on worker threads (see :mod:`.blocking`)
         self.channel = channel
-        self._base = base
         self.auth_id = auth_id
         self._secret = secret
         self._policy = policy
         self._sleep = sleep
         self._rand = rand
+        self._max_connections = max_connections
+        #: the aiohttp session of the streaming path, made on its first use (see :meth:`_aiohttp`)
+        self._session: aiohttp.ClientSession | None = None
+        self._session_lock = asyncio.Lock()
+        self._closed = False
         self._headers: dict[str, str] = {}
         self._login_lock = asyncio.Lock()
         self.stats = ClientStatistics()
@@ -193,11 +196,12 @@ class Client:
             self._headers["Authorization"] = f"{protocol.TOKEN_AUTH_PREFIX}{auth_id}:{secret}"
 
     def __repr__(self) -> str:
-        return f"Client({str(self._base)!r}, auth_id={str(self.auth_id)!r}, requests={self.stats.requests})"
+        return f"Client({self.base_url!r}, auth_id={str(self.auth_id)!r}, requests={self.stats.requests})"
 
     @property
     def base_url(self) -> str:
-        return str(self._base)
+        """``https://host:port`` (no trailing slash; IPv6 in brackets, the default port left out)."""
+        return self.channel.origin
 
     def statistics(self) -> ClientStatistics:
         return self.stats
@@ -235,44 +239,17 @@ class Client:
         if max_connections < 1:
             raise InvalidInput("must be at least 1", field="max-connections")
         pinned = parse_fingerprint(fingerprint) if tls and fingerprint is not None else None
-        ssl_arg: aiohttp.Fingerprint | ssl.SSLContext | bool
-        if not tls:
-            ssl_arg = False
-        elif pinned is not None:
-            ssl_arg = aiohttp.Fingerprint(pinned)
-        else:
-            # loading the system CA store reads files: not on the event loop
-            ssl_arg = await asyncio.to_thread(ssl.create_default_context)
-        bare_host = _host(host)
-        base = yarl.URL.build(scheme="https" if tls else "http", host=bare_host, port=port)
-        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, ssl=ssl_arg)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # large bodies (4 MiB chunks): a 64 KiB read buffer pauses and resumes the
-            # transport 64 times per chunk; 1 MiB cuts the wake-ups (≤ 2 MiB buffered per connection)
-            read_bufsize=READ_BUFSIZE,
+        channel = BlockingChannel(
+            _host(host), port, tls=tls, fingerprint=pinned, timeout=timeout, max_idle=max_connections
         )
         client = cls(
-            session,
-            base,
+            channel,
             auth_id,
             secret,
             policy=RetryPolicy(retries, retry_base_delay, retry_max_delay),
             sleep=sleep,
             rand=rand,
-            channel=BlockingChannel(
-                bare_host,
-                port,
-                tls=tls,
-                fingerprint=pinned,
-                timeout=timeout,
-                max_idle=max_connections,
-            ),
+            max_connections=max_connections,
         )
         try:
             if auth_id.is_token:
@@ -284,10 +261,58 @@ class Client:
             raise
         return client
 
+    async def _aiohttp(self) -> aiohttp.ClientSession:
+        """The aiohttp session of the streaming path, made (and aiohttp imported) on first use."""
+        async with self._session_lock:
+            if self._closed:
+                raise RemoteError(f"{self.base_url}: the client is closed", url=self.base_url)
+            if self._session is None:
+                self._session = await self._make_session()
+            return self._session
+
+    async def _make_session(self) -> aiohttp.ClientSession:
+        channel = self.channel
+
+        def prepare() -> tuple[Any, ssl.SSLContext | None]:
+            # importing aiohttp reads ~100 files and loading the CA store more: not on the event loop
+            module = importlib.import_module("aiohttp")
+            ctx = ssl.create_default_context() if channel.tls and channel.fingerprint is None else None
+            return module, ctx
+
+        aiohttp_mod, ctx = await asyncio.to_thread(prepare)
+        ssl_arg: aiohttp.Fingerprint | ssl.SSLContext | bool
+        if not channel.tls:
+            ssl_arg = False
+        elif channel.fingerprint is not None:
+            ssl_arg = aiohttp_mod.Fingerprint(channel.fingerprint)
+        else:
+            assert ctx is not None
+            ssl_arg = ctx
+        timeout = channel.timeout
+        connector = aiohttp_mod.TCPConnector(
+            limit=self._max_connections, limit_per_host=self._max_connections, ssl=ssl_arg
+        )
+        session: aiohttp.ClientSession = aiohttp_mod.ClientSession(
+            connector=connector,
+            timeout=aiohttp_mod.ClientTimeout(
+                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp_mod.DummyCookieJar(),
+            # large bodies (4 MiB chunks): a 64 KiB read buffer pauses and resumes the
+            # transport 64 times per chunk; 1 MiB cuts the wake-ups (≤ 2 MiB buffered per connection)
+            read_bufsize=READ_BUFSIZE,
+        )
+        return session
+
     async def aclose(self) -> None:
-        if self.channel is not None:
-            await asyncio.to_thread(self.channel.close)  # closing TLS sockets may write: not on the loop
-        await self._session.close()
+        """Close the connections (and the aiohttp session, if the streaming path made one)."""
+        async with self._session_lock:
+            self._closed = True
+            session, self._session = self._session, None
+        self.channel.close()
+        if session is not None:
+            await session.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -295,18 +320,20 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # ---- plumbing ----------------------------------------------------------------------------
-
-    def _url(self, path: str) -> yarl.URL:
-        return self._base.with_path(protocol.API_PREFIX + path, encoded=False)
+    def _target(self, path: str, params: dict[str, str] | None = None) -> str:
+        """The encoded request target of API ``path``: ``/api2/json<path>[?query]``."""
+        target = quote(protocol.API_PREFIX + path, safe=_PATH_SAFE)
+        if params:
+            target += "?" + urlencode(params, safe=_QUERY_SAFE)
+        return target
 
     async def _login(self) -> None:
-        url = self._url(protocol.p_ticket())
+        path = protocol.p_ticket()
 
         async def attempt() -> Any:
             return await self._once(
                 "POST",
-                url,
+                path,
                 json_body={"username": str(self.auth_id), "password": self._secret},
                 auth=False,
                 max_size=MAX_JSON_ANSWER,
@@ -314,12 +341,13 @@ class Client:
             )
 
         data = await self._retrying(attempt, relogin=False)
+        url = self.base_url + self._target(path)
         try:
             ticket, csrf = data["ticket"], data["CSRFPreventionToken"]
         except (KeyError, TypeError) as exc:
-            raise RemoteError(f"malformed login answer from {self._base}", url=str(url)) from exc
+            raise RemoteError(f"malformed login answer from {self.base_url}", url=url) from exc
         if not isinstance(ticket, str) or not isinstance(csrf, str):
-            raise RemoteError(f"malformed login answer from {self._base}", url=str(url))
+            raise RemoteError(f"malformed login answer from {self.base_url}", url=url)
         self._headers = {
             "Authorization": f"{protocol.TICKET_AUTH_PREFIX}{ticket}",
             protocol.CSRF_HEADER: csrf,
@@ -334,53 +362,40 @@ class Client:
     async def _once(
         self,
         method: str,
-        url: yarl.URL,
+        path: str,
         *,
         params: dict[str, str] | None = None,
         json_body: Any = None,
         auth: bool = True,
         max_size: int,
         parse: bool,
-        parts: bool = False,
     ) -> Any:
-        """One request: the parsed ``data`` of the envelope (``parse``), the raw body bytes,
-        or (``parts``, for chunk blobs) the body as :data:`Parts` (needs a Content-Length)."""
+        """One request over the blocking channel, in one worker-thread hop: the parsed
+        ``data`` of the JSON envelope (``parse``, decoded in the thread too) or the raw body.
+
+        Errors as :meth:`.BlockingChannel.call` maps them; cancelling the awaiting
+        task interrupts the request and returns once the thread is done.
+        """
         self.stats.requests += 1
+        target = self._target(path, params)
         headers = self._headers if auth else {}
-        try:
-            async with self._session.request(
-                method, url, params=params, json=json_body, headers=headers
-            ) as resp:
-                if resp.status >= 400:
-                    raise error_for_status(
-                        resp.status, await _read_limited_error(resp), str(url), resp.reason
-                    )
-                if parts and resp.content_length is not None:
-                    if resp.content_length > max_size:
-                        raise RemoteError(
-                            f"{method} {url.path}: answer of {resp.content_length} bytes "
-                            f"exceeds the limit of {max_size}"
-                        )
-                    pieces, extra = await _read_parts(resp.content, resp.content_length)
-                    if extra:  # pragma: no cover - aiohttp never reads past Content-Length
-                        raise RemoteError(f"{method} {url.path}: answer longer than its Content-Length")
-                    self.stats.bytes_received += resp.content_length
-                    return pieces
-                body = await _read_bounded(resp, max_size, f"{method} {url.path}")
-                if parts:
-                    self.stats.bytes_received += len(body)
-                    return [body]
-        except AsyncSyncError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            raise map_client_error(exc, str(url)) from exc
-        self.stats.bytes_received += len(body)
-        if not parse:
-            return body
-        try:
-            return json.loads(body)["data"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RemoteError(f"malformed answer from {url}", url=str(url)) from exc
+        body = None if json_body is None else json.dumps(json_body).encode()
+        channel = self.channel
+        job = FetchJob()
+
+        def run() -> tuple[int, Any]:  # in a worker thread
+            data = channel.call(method, target, headers, body, job, max_size=max_size)
+            if not parse:
+                return len(data), data
+            try:
+                return len(data), json.loads(data)["data"]
+            except (ValueError, KeyError, TypeError) as exc:
+                url = channel.origin + target
+                raise RemoteError(f"malformed answer from {url}", url=url) from exc
+
+        received, value = await run_with_token(None, job, run)
+        self.stats.bytes_received += received
+        return value
 
     async def _retrying(self, op: Callable[[], Awaitable[T]], *, relogin: bool = True) -> T:
         """Run ``op``, retrying transient failures with backoff; renew an expired ticket once."""
@@ -407,23 +422,14 @@ class Client:
     async def _json(
         self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None
     ) -> Any:
-        url = self._url(path)
         return await self._retrying(
             lambda: self._once(
-                method, url, params=params, json_body=body, max_size=MAX_JSON_ANSWER, parse=True
+                method, path, params=params, json_body=body, max_size=MAX_JSON_ANSWER, parse=True
             )
         )
 
-    async def _parts(self, path: str, max_size: int) -> Parts:
-        url = self._url(path)
-        data: Parts = await self._retrying(
-            lambda: self._once("GET", url, max_size=max_size, parse=False, parts=True)
-        )
-        return data
-
     async def _bytes(self, path: str, max_size: int) -> bytes:
-        url = self._url(path)
-        data: bytes = await self._retrying(lambda: self._once("GET", url, max_size=max_size, parse=False))
+        data: bytes = await self._retrying(lambda: self._once("GET", path, max_size=max_size, parse=False))
         return data
 
     # ---- API ----------------------------------------------------------------------------------
@@ -490,6 +496,8 @@ def _list(data: Any, what: str) -> list[Any]:
 
 
 async def _read_limited_error(resp: aiohttp.ClientResponse) -> bytes:
+    import aiohttp  # the streaming path loaded it: a dictionary lookup
+
     try:
         return await resp.content.read(_MAX_ERROR_BODY)
     except (TimeoutError, aiohttp.ClientError, OSError):
@@ -558,9 +566,8 @@ class ReaderSession:
         return await self.client._bytes(protocol.p_reader_chunk(self.store, self.reader_id, digest), max_size)
 
     async def fetch_chunk_parts(self, digest: str, *, max_size: int = blob.MAX_BLOB_SIZE) -> Parts:
-        """As :meth:`fetch_chunk`, the blob as received pieces (``b"".join`` them for the bytes)."""
-        check_digest(digest)
-        return await self.client._parts(protocol.p_reader_chunk(self.store, self.reader_id, digest), max_size)
+        """As :meth:`fetch_chunk`, as :data:`Parts` (one piece; the signature matches the streaming path)."""
+        return [await self.fetch_chunk(digest, max_size=max_size)]
 
     async def fetch_chunks(
         self, digests: Sequence[str], *, max_size: int = blob.MAX_BLOB_SIZE
@@ -597,8 +604,6 @@ class ReaderSession:
         is done and ``sink`` is not called again.
         """
         channel = self.client.channel
-        if channel is None:
-            raise RemoteError("this client has no blocking channel")
         for d in digests:
             check_digest(d)
         client = self.client
@@ -647,7 +652,7 @@ class ReaderSession:
         for d in digests:
             check_digest(d)
         client = self.client
-        url = client._url(protocol.p_reader_chunks(self.store, self.reader_id))
+        url = client.base_url + client._target(protocol.p_reader_chunks(self.store, self.reader_id))
         pos = 0
         retry = _StreamRetry(client)
         while pos < len(digests):
@@ -663,18 +668,17 @@ class ReaderSession:
             except AuthenticationFailed as exc:
                 await retry.auth_failed(exc, stale)
 
-    async def _stream(
-        self, url: yarl.URL, batch: list[str], max_size: int
-    ) -> AsyncIterator[tuple[str, Parts]]:
+    async def _stream(self, url: str, batch: list[str], max_size: int) -> AsyncIterator[tuple[str, Parts]]:
         client = self.client
+        session = await client._aiohttp()
+        import aiohttp  # loaded by _aiohttp(): a dictionary lookup
+
         client.stats.requests += 1
         header = protocol.FRAME_HEADER
         try:
-            async with client._session.post(url, json={"digests": batch}, headers=client._headers) as resp:
+            async with session.post(url, json={"digests": batch}, headers=client._headers) as resp:
                 if resp.status >= 400:
-                    raise error_for_status(
-                        resp.status, await _read_limited_error(resp), str(url), resp.reason
-                    )
+                    raise error_for_status(resp.status, await _read_limited_error(resp), url, resp.reason)
                 reader = _PartsReader(resp.content)
                 for want in batch:
                     head = await reader.read(header.size)
@@ -687,16 +691,16 @@ class ReaderSession:
         except AsyncSyncError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            raise map_client_error(exc, str(url)) from exc
+            raise map_client_error(exc, url) from exc
 
     async def aclose(self) -> None:
         """Close the server-side session (best effort: it expires anyway)."""
         if self._closed:
             return
         self._closed = True
-        url = self.client._url(protocol.p_reader_session(self.store, self.reader_id))
+        path = protocol.p_reader_session(self.store, self.reader_id)
         try:
-            await self.client._once("DELETE", url, max_size=_MAX_ERROR_BODY, parse=True)
+            await self.client._once("DELETE", path, max_size=_MAX_ERROR_BODY, parse=True)
         except (NotFound, RemoteError, AuthenticationFailed) as exc:
             log.debug("closing reader %s: %s", self.reader_id[:8], exc)
 
