@@ -26,6 +26,7 @@ See ``docs/protocol.md`` for the full description.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,27 @@ def _bad(what: str, exc: Exception) -> InvalidInput:
     return InvalidInput(f"malformed {what} in answer: {exc}")
 
 
+# Parsing a listing meets the same few group ids, owners and archive names thousands of
+# times: each is validated once and the (immutable) result reused. Only valid values are
+# cached (a refused one raises every time), so the checks are exactly those of the
+# uncached constructors.
+
+
+@functools.lru_cache(maxsize=16384)
+def _group_of(btype: str, bid: str) -> GroupId:
+    return GroupId(BackupType.parse(btype), bid)
+
+
+@functools.lru_cache(maxsize=4096)
+def _auth_of(text: str) -> AuthId:
+    return AuthId.parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _archive_name(name: str) -> str:
+    return check_archive_name(name)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupItem:
     """One group of a group listing."""
@@ -147,8 +169,8 @@ class GroupItem:
         try:
             owner = obj.get("owner")
             return cls(
-                GroupId(BackupType.parse(obj["backup-type"]), obj["backup-id"]),
-                AuthId.parse(owner) if owner else None,
+                _group_of(obj["backup-type"], obj["backup-id"]),
+                _auth_of(owner) if owner else None,
                 int(obj.get("backup-count", 0)),
                 obj.get("last-backup"),
             )
@@ -194,21 +216,20 @@ class SnapshotItem:
     def from_json(cls, obj: Any) -> SnapshotItem:
         try:
             files = tuple(
-                FileEntry(check_archive_name(f["filename"]), int(f["size"]), str(f["csum"]))
-                for f in obj.get("files") or []
+                [
+                    FileEntry(_archive_name(f["filename"]), int(f["size"]), str(f["csum"]))
+                    for f in obj.get("files") or ()
+                ]
             )
             verification = obj.get("verification")
             owner = obj.get("owner")
             return cls(
-                SnapshotId(
-                    GroupId(BackupType.parse(obj["backup-type"]), obj["backup-id"]),
-                    int(obj["backup-time"]),
-                ),
+                SnapshotId(_group_of(obj["backup-type"], obj["backup-id"]), int(obj["backup-time"])),
                 files,
                 int(obj.get("size") or 0),
                 bool(obj.get("protected", False)),
                 verification.get("state") if isinstance(verification, dict) else None,
-                AuthId.parse(owner) if owner else None,
+                _auth_of(owner) if owner else None,
                 obj.get("comment"),
                 _optional_digest(obj.get("manifest-digest")),
             )

@@ -27,7 +27,7 @@ import os
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -182,21 +182,26 @@ def _open(request: web.Request, store: str) -> Datastore:
 
 
 def _snapshot_folders(group_dir: str) -> list[tuple[str, int]]:
-    """(name, time) of the snapshot folders in ``group_dir``, oldest first; committed or not."""
+    """(name, time) of the snapshot folders in ``group_dir``, oldest first; committed or not.
+
+    One scandir; the entry types come from the directory listing itself (no stat per entry).
+    """
     try:
         with os.scandir(group_dir) as it:
             names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    names.sort()  # canonical names sort chronologically
     out = []
-    for name in sorted(names):
-        t = snapshot_time(name)  # canonical names sort chronologically
+    for name in names:
+        t = snapshot_time(name)
         if t is not None:
             out.append((name, t))
     return out
 
 
 def _is_file(path: str) -> bool:
+    """True if ``path`` is a regular file (following symlinks); one stat."""
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except (OSError, ValueError):
@@ -205,24 +210,59 @@ def _is_file(path: str) -> bool:
 
 def _read_small(path: str) -> bytes | None:
     """The bytes of a file, None if it does not exist. Plain ``os`` calls: a listing opens
-    thousands of small files, and ``open()``'s buffered file object costs more than the read."""
+    thousands of small files, and ``open()``'s buffered file object costs more than the read.
+    Tried directly (no exists check first): a missing file costs one failed open."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        parts = []
+        first = os.read(fd, 65536)
+        if not first:
+            return first
+        parts = [first]
+        # a short read of a regular file is normally EOF, but only an empty read proves it
         while piece := os.read(fd, 65536):
             parts.append(piece)
-        return b"".join(parts)
+        return first if len(parts) == 1 else b"".join(parts)
     finally:
         os.close(fd)
 
 
 def _snapshot_times(ds: Datastore, ns: Namespace, group: GroupId) -> list[int]:
     """Times of the group's committed snapshots (cheap: one stat each, no manifest is read)."""
-    base = str(ds.group_path(ns, group))
-    return [t for name, t in _snapshot_folders(base) if _is_file(f"{base}/{name}/{MANIFEST_NAME}")]
+    return _committed_times(_group_dir(str(ds.ns_path(ns)), group))
+
+
+def _committed_times(gdir: str) -> list[int]:
+    """Times of the committed snapshots in the group folder ``gdir`` (one stat each)."""
+    return [t for name, t in _snapshot_folders(gdir) if _is_file(f"{gdir}/{name}/{MANIFEST_NAME}")]
+
+
+def _list_groups(ns_dir: str) -> list[GroupId]:
+    """:meth:`Datastore.list_groups` of the namespace folder ``ns_dir`` (same groups, same
+    order), sorted by plain string keys instead of comparing GroupId objects."""
+    found: list[tuple[str, str, BackupType]] = []
+    for t in BackupType:
+        try:
+            with os.scandir(f"{ns_dir}/{t.value}") as it:
+                found.extend((t.value, e.name, t) for e in it if e.is_dir() and not e.name.startswith("."))
+        except FileNotFoundError:
+            continue
+    found.sort()  # (type, id): GroupId's own order
+    out = []
+    for _, name, t in found:
+        try:
+            out.append(GroupId(t, name))
+        except InvalidName:
+            continue  # not a group folder (as Datastore.list_groups)
+    return out
+
+
+def _group_dir(ns_dir: str, group: GroupId) -> str:
+    """The folder of ``group`` in the namespace folder ``ns_dir`` (as :meth:`Datastore.group_path`,
+    as a plain string: listings build thousands and Path objects cost more than the syscalls)."""
+    return f"{ns_dir}/{group.type.value}/{group.id}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -232,16 +272,47 @@ def _parse_owner(text: str) -> AuthId:
 
 def _owner(ds: Datastore, ns: Namespace, group: GroupId) -> AuthId | None:
     """The group's owner, None if it has none or it is unreadable (as :meth:`Datastore.get_owner`)."""
+    return _owner_at(_group_dir(str(ds.ns_path(ns)), group))
+
+
+def _owner_at(gdir: str) -> AuthId | None:
+    """The owner of the group folder ``gdir`` (see :func:`_owner`); one try-open."""
     try:
-        raw = _read_small(f"{ds.group_path(ns, group)}/{OWNER_FILE}")
+        raw = _read_small(f"{gdir}/{OWNER_FILE}")
         return None if raw is None else _parse_owner(raw.decode().strip())
     except (InvalidName, OSError, ValueError):
         return None
 
 
+# ---- JSON, built once per listing --------------------------------------------------------------
+
+#: compact JSON (no blanks after separators), otherwise as ``json.dumps``: ASCII only
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_enc = _COMPACT.encode
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner_json(owner: AuthId | None) -> str:
+    """The ``owner`` value of a listing entry (as the items' ``to_json``), encoded."""
+    return _enc(str(owner) if owner else None)
+
+
+def _group_head(group: GroupId) -> str:
+    """The opening of a listing entry of ``group``: ``{"backup-type":..,"backup-id":..``."""
+    return '{"backup-type":' + _enc(group.type.value) + ',"backup-id":' + _enc(group.id)
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestFacts:
-    """What a snapshot listing tells about one manifest (see :meth:`Datastore.snapshot_info`)."""
+    """What a snapshot listing tells about one manifest (see :meth:`Datastore.snapshot_info`).
+
+    Also carries the JSON pieces of these facts in a snapshot listing entry, encoded
+    once when the facts are made (a cache entry serves every listing of the same
+    manifest content): ``json_files`` is ``"files":[..],"size":N``,
+    ``json_verification`` the ``verification`` value, ``json_tail``
+    ``,"comment":..[,"manifest-digest":..]}``. They are exactly what
+    :meth:`protocol.SnapshotItem.to_json` gives for these facts, compactly encoded.
+    """
 
     files: tuple[FileEntry, ...]
     size: int
@@ -249,6 +320,20 @@ class ManifestFacts:
     comment: str | None
     #: blake3 of the manifest bytes; None for a corrupt manifest
     digest: str | None
+    json_files: str = field(init=False, repr=False, compare=False)
+    json_verification: str = field(init=False, repr=False, compare=False)
+    json_tail: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # the same values, in the same key order, as SnapshotItem.to_json
+        files = _enc([f.to_json() for f in self.files])
+        object.__setattr__(self, "json_files", f'"files":{files},"size":{_enc(self.size)}')
+        verification = {"state": self.verify_state} if self.verify_state else None
+        object.__setattr__(self, "json_verification", _enc(verification))
+        tail = ',"comment":' + _enc(self.comment)
+        if self.digest is not None:
+            tail += ',"manifest-digest":' + _enc(self.digest)
+        object.__setattr__(self, "json_tail", tail + "}")
 
 
 def manifest_facts(raw: bytes, digest: str) -> ManifestFacts:
@@ -280,9 +365,10 @@ class ManifestCache:
     depends on the snapshot's path, so equal manifests in two datastores share
     an entry, which is right for the same reason.
 
-    Bounded to ``max_entries`` (least recently used out; ≈ 0.5 KiB each for
-    manifests with a few archives). A listing larger than the bound still works,
-    with fewer hits. Thread-safe: listings run in worker threads concurrently.
+    Bounded to ``max_entries`` (least recently used out; ≈ 1 KiB each for
+    manifests with a few archives, their encoded JSON included). A listing larger
+    than the bound still works, with fewer hits. Thread-safe: listings run in
+    worker threads concurrently.
     """
 
     def __init__(self, max_entries: int = 32768) -> None:
@@ -304,18 +390,19 @@ class ManifestCache:
     def facts(self, raw: bytes) -> ManifestFacts:
         """The listing facts of the manifest bytes ``raw``; blocking (decodes on a miss)."""
         digest = blob.digest_of(raw)
+        entries = self._entries
         with self._lock:
-            hit = self._entries.pop(digest, None)
+            hit = entries.pop(digest, None)
             if hit is not None:
-                self._entries[digest] = hit  # most recently used last
+                entries[digest] = hit  # most recently used last
                 self.hits += 1
                 return hit
             self.misses += 1
         facts = manifest_facts(raw, digest)  # outside the lock: decoding is the slow part
         with self._lock:
-            self._entries[digest] = facts
-            while len(self._entries) > self.max_entries:
-                del self._entries[next(iter(self._entries))]
+            entries[digest] = facts
+            while len(entries) > self.max_entries:
+                del entries[next(iter(entries))]
         return facts
 
 
@@ -328,17 +415,85 @@ def _read_manifest(folder: str) -> bytes | None:
     return _read_small(f"{folder}/{MANIFEST_NAME}")
 
 
-def _groups_blocking(ds: Datastore, ns: Namespace, only_for: AuthId | None) -> list[protocol.GroupItem]:
+#: one group of a group listing: (group, owner, times of its committed snapshots)
+_GroupRow = tuple[GroupId, AuthId | None, list[int]]
+#: one group of a snapshot listing: (group, owner, [(time, manifest facts, protected)])
+_SnapshotRow = tuple[GroupId, AuthId | None, list[tuple[int, ManifestFacts, bool]]]
+
+
+def _group_rows(ds: Datastore, ns: Namespace, only_for: AuthId | None) -> list[_GroupRow]:
+    """The groups of ``ns`` the caller may see that hold a committed snapshot. Per group:
+    one try-open of ``owner``, one scandir, one stat per snapshot folder."""
     if not ds.namespace_exists(ns):
         raise NotFound(f"namespace {ns} does not exist")
-    out = []
-    for g in ds.list_groups(ns):
-        owner = _owner(ds, ns, g)
+    ns_dir = str(ds.ns_path(ns))
+    out: list[_GroupRow] = []
+    for g in _list_groups(ns_dir):
+        gdir = _group_dir(ns_dir, g)
+        owner = _owner_at(gdir)
         if only_for is not None and not owns(owner, only_for):
             continue
-        times = _snapshot_times(ds, ns, g)
+        times = _committed_times(gdir)
         if times:
-            out.append(protocol.GroupItem(g, owner, len(times), times[-1]))
+            out.append((g, owner, times))
+    return out
+
+
+def _groups_blocking(ds: Datastore, ns: Namespace, only_for: AuthId | None) -> list[protocol.GroupItem]:
+    """The group listing as items (see :func:`_groups_json` for the wire form)."""
+    return [
+        protocol.GroupItem(g, owner, len(times), times[-1])
+        for g, owner, times in _group_rows(ds, ns, only_for)
+    ]
+
+
+def _groups_json(ds: Datastore, ns: Namespace, only_for: AuthId | None) -> bytes:
+    """The group listing's answer body: exactly ``{"data": [item.to_json(), ...]}`` of
+    :func:`_groups_blocking`, compactly encoded, built as one string."""
+    parts = [
+        f'{_group_head(g)},"owner":{_owner_json(owner)},"backup-count":{len(times)},"last-backup":{times[-1]}}}'
+        for g, owner, times in _group_rows(ds, ns, only_for)
+    ]
+    return ('{"data":[' + ",".join(parts) + "]}").encode()
+
+
+def _snapshot_rows(
+    ds: Datastore,
+    ns: Namespace,
+    group: GroupId | None,
+    only_for: AuthId | None,
+    cache: ManifestCache,
+) -> list[_SnapshotRow]:
+    """The committed snapshots of one group (or all groups of ``ns``) the caller may see, per
+    group; manifests decoded through ``cache``. Per group: one try-open of ``owner``, one
+    scandir; per snapshot: one try-open of the manifest, one access() for ``.protected``."""
+    if not ds.namespace_exists(ns):
+        raise NotFound(f"namespace {ns} does not exist")
+    ns_dir = str(ds.ns_path(ns))
+    groups = [group] if group is not None else _list_groups(ns_dir)
+    out: list[_SnapshotRow] = []
+    facts_of = cache.facts
+    exists = os.access
+    for g in groups:
+        gdir = _group_dir(ns_dir, g)
+        owner = _owner_at(gdir)
+        if only_for is not None and not owns(owner, only_for):
+            if group is not None:
+                raise PermissionDenied(f"no permission on backup group {g}")
+            continue
+        # what Datastore.list_snapshots gives, with the manifests decoded through the cache
+        snaps = []
+        for name, t in _snapshot_folders(gdir):
+            folder = f"{gdir}/{name}"
+            raw = _read_manifest(folder)
+            if raw is None:
+                continue  # not committed (or removed meanwhile)
+            # access(): no exception object for the usual absent marker (as os.path.exists)
+            snaps.append((t, facts_of(raw), exists(f"{folder}/{PROTECTED_MARKER}", os.F_OK)))
+        if snaps:
+            out.append((g, owner, snaps))
+    if group is not None and not out and not os.path.isdir(_group_dir(ns_dir, group)):
+        raise NotFound(f"backup group {group} not found")
     return out
 
 
@@ -349,41 +504,37 @@ def _snapshots_blocking(
     only_for: AuthId | None,
     cache: ManifestCache,
 ) -> list[protocol.SnapshotItem]:
-    """The snapshot listing of one group (or all groups of ``ns``) the caller may see (manifests
-    decoded through ``cache``)."""
-    if not ds.namespace_exists(ns):
-        raise NotFound(f"namespace {ns} does not exist")
-    groups = [group] if group is not None else ds.list_groups(ns)
-    out = []
-    for g in groups:
-        owner = _owner(ds, ns, g)
-        if only_for is not None and not owns(owner, only_for):
-            if group is not None:
-                raise PermissionDenied(f"no permission on backup group {g}")
-            continue
-        # what Datastore.list_snapshots gives, with the manifests decoded through the cache
-        base = str(ds.group_path(ns, g))
-        for name, t in _snapshot_folders(base):
-            folder = f"{base}/{name}"
-            raw = _read_manifest(folder)
-            if raw is None:
-                continue
-            facts = cache.facts(raw)
-            out.append(
-                protocol.SnapshotItem(
-                    SnapshotId(g, t),
-                    facts.files,
-                    facts.size,
-                    os.path.exists(f"{folder}/{PROTECTED_MARKER}"),
-                    facts.verify_state,
-                    owner,
-                    facts.comment,
-                    facts.digest,
-                )
+    """The snapshot listing of one group (or all groups of ``ns``) the caller may see, as items
+    (manifests decoded through ``cache``; see :func:`_snapshots_json` for the wire form)."""
+    return [
+        protocol.SnapshotItem(
+            SnapshotId(g, t), fx.files, fx.size, protected, fx.verify_state, owner, fx.comment, fx.digest
+        )
+        for g, owner, snaps in _snapshot_rows(ds, ns, group, only_for, cache)
+        for t, fx, protected in snaps
+    ]
+
+
+def _snapshots_json(
+    ds: Datastore,
+    ns: Namespace,
+    group: GroupId | None,
+    only_for: AuthId | None,
+    cache: ManifestCache,
+) -> bytes:
+    """The snapshot listing's answer body: exactly ``{"data": [item.to_json(), ...]}`` of
+    :func:`_snapshots_blocking`, compactly encoded, built as one string from the JSON
+    pieces the cached :class:`ManifestFacts` carry (no per-snapshot objects or dicts)."""
+    parts = []
+    for g, owner, snaps in _snapshot_rows(ds, ns, group, only_for, cache):
+        head = _group_head(g) + ',"backup-time":'
+        owner_json = _owner_json(owner)
+        for t, fx, protected in snaps:
+            parts.append(
+                f'{head}{t},{fx.json_files},"protected":{"true" if protected else "false"},'
+                f'"verification":{fx.json_verification},"owner":{owner_json}{fx.json_tail}'
             )
-    if group is not None and not out and not ds.group_path(ns, group).is_dir():
-        raise NotFound(f"backup group {group} not found")
-    return out
+    return ('{"data":[' + ",".join(parts) + "]}").encode()
 
 
 def _open_reader_blocking(ds: Datastore, ns: Namespace, snap: SnapshotId, only_for: AuthId | None) -> None:
@@ -492,12 +643,6 @@ def _read_frames(root: str, digests: Sequence[str], start: int, target: int) -> 
     return out, i
 
 
-def _envelope(data: Any) -> bytes:
-    """The bytes :func:`ok` would send for ``data``: built in the worker thread, since a
-    listing of thousands of snapshots takes milliseconds to encode."""
-    return json.dumps({"data": data}).encode()
-
-
 def _json_body(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
@@ -555,8 +700,7 @@ async def list_groups(request: web.Request) -> web.Response:
     only_for = auth_id if vis is Visibility.OWNED else None
 
     def work() -> bytes:
-        items = _groups_blocking(_open(request, store), ns, only_for)
-        return _envelope([g.to_json() for g in items])
+        return _groups_json(_open(request, store), ns, only_for)
 
     return _json_body(await asyncio.to_thread(work))
 
@@ -571,8 +715,7 @@ async def list_snapshots(request: web.Request) -> web.Response:
     cache = request.app[MANIFEST_CACHE]
 
     def work() -> bytes:
-        items = _snapshots_blocking(_open(request, store), ns, group, only_for, cache)
-        return _envelope([s.to_json() for s in items])
+        return _snapshots_json(_open(request, store), ns, group, only_for, cache)
 
     return _json_body(await asyncio.to_thread(work))
 

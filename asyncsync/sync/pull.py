@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import itertools
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -350,38 +352,110 @@ def _begin_group(
     return lock, actual, local
 
 
+#: the group lock's file name in the group folder (as :meth:`Datastore.group_lock`; a test
+#: checks that the two agree)
+_GROUP_LOCK_FILE = ".lock"
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_owner(text: str) -> AuthId:
+    return AuthId.parse(text)  # only valid ids are cached: a bad one raises every time
+
+
+def _read_all(fd: int) -> bytes:
+    """The rest of the open file ``fd`` (read until an empty read proves the end)."""
+    first = os.read(fd, 65536)
+    if not first:
+        return first
+    parts = [first]
+    while piece := os.read(fd, 65536):
+        parts.append(piece)
+    return first if len(parts) == 1 else b"".join(parts)
+
+
 def _read_owner(group_dir: str) -> AuthId | None:
-    """:meth:`Datastore.get_owner` of the group folder ``group_dir``."""
+    """:meth:`Datastore.get_owner` of the group folder ``group_dir``: None if it has no owner
+    file; an unreadable or invalid one raises (:class:`OSError`, :class:`ValueError`,
+    :class:`~asyncsync.errors.InvalidName`). One try-open, no buffered file object."""
     try:
-        with open(f"{group_dir}/{OWNER_FILE}", encoding="utf-8") as f:
-            return AuthId.parse(f.read().strip())
+        fd = os.open(f"{group_dir}/{OWNER_FILE}", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        raw = _read_all(fd)
+    finally:
+        os.close(fd)
+    return _parse_owner(raw.decode("utf-8").strip())
 
 
-def _committed_snapshots(group_dir: str) -> list[tuple[str, int]]:
-    """(folder name, time) of the committed snapshots in ``group_dir``, oldest first
-    (what :meth:`Datastore.list_snapshot_ids` lists)."""
+def _snapshot_folders(group_dir: str) -> list[tuple[str, int]]:
+    """(folder name, time) of the snapshot folders in ``group_dir``, committed or not, oldest
+    first: one scandir, entry types from the listing itself."""
     try:
         with os.scandir(group_dir) as it:
             names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
     except FileNotFoundError:
         return []
+    names.sort()  # canonical names sort chronologically
     out = []
-    for name in sorted(names):
+    for name in names:
         t = snapshot_time(name)
-        if t is not None and os.path.isfile(f"{group_dir}/{name}/{MANIFEST_NAME}"):
+        if t is not None:
             out.append((name, t))
     return out
 
 
+def _committed_snapshots(group_dir: str) -> list[tuple[str, int]]:
+    """(folder name, time) of the committed snapshots in ``group_dir``, oldest first
+    (what :meth:`Datastore.list_snapshot_ids` lists: a regular manifest file, one stat each)."""
+    return [
+        (name, t)
+        for name, t in _snapshot_folders(group_dir)
+        if os.path.isfile(f"{group_dir}/{name}/{MANIFEST_NAME}")
+    ]
+
+
 def _manifest_digest(snapshot_dir: str) -> str | None:
-    """:meth:`Datastore.manifest_digest` of the snapshot folder ``snapshot_dir``."""
+    """:meth:`Datastore.manifest_digest` of the snapshot folder ``snapshot_dir``; None if it
+    holds no manifest, or its manifest is not a regular file (then the snapshot is not
+    committed, as :func:`_committed_snapshots` says). Try-open, then one fstat."""
     try:
-        with open(f"{snapshot_dir}/{MANIFEST_NAME}", "rb") as f:
-            return blobcodec.digest_of(f.read())
-    except FileNotFoundError:
+        fd = os.open(f"{snapshot_dir}/{MANIFEST_NAME}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        # the fstat keeps isfile's rule (and a FIFO or device never blocks or streams forever)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return blobcodec.digest_of(_read_all(fd))
+    finally:
+        os.close(fd)
+
+
+def _local_state(group_dir: str) -> dict[int, str | None]:
+    """The committed local snapshots of ``group_dir``, oldest first: time → manifest digest,
+    known for the newest only (all :func:`unchanged_count` needs).
+
+    The same answer as :func:`_committed_snapshots` plus :func:`_manifest_digest` of the
+    newest, with fewer syscalls: the newest manifest is opened directly (its read replaces
+    its stat; if it has none, the next older one is tried), the older ones get one stat each.
+    """
+    folders = _snapshot_folders(group_dir)
+    i = len(folders) - 1
+    newest: tuple[int, str] | None = None
+    while i >= 0:
+        name, t = folders[i]
+        digest = _manifest_digest(f"{group_dir}/{name}")
+        if digest is not None:
+            newest = (t, digest)
+            break
+        i -= 1
+    local: dict[int, str | None] = {
+        t: None for name, t in folders[:i] if os.path.isfile(f"{group_dir}/{name}/{MANIFEST_NAME}")
+    }
+    if newest is not None:
+        local[newest[0]] = newest[1]
+    return local
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,30 +481,34 @@ def _settle_unchanged(
     cannot be read is left out, and the full path handles (and reports) it as
     before. The answer is final for this run: the group was unchanged while we
     held its lock, exactly as when the full path finds it unchanged.
+
+    Per group: one open + flock of the lock file (a missing group folder makes that
+    open fail: no separate exists check, and nothing is created), one try-open of
+    ``owner``, one scandir, one try-open + fstat of the newest manifest and one stat
+    per older snapshot.
     """
     out: list[tuple[GroupId, int]] = []
     ns_dir = str(store.ns_path(ns))
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     for group, remote in groups:
-        # plain string paths: the same files as get_owner, list_snapshot_ids and
-        # manifest_digest read, without their per-call Path objects (≈ 40 % of the hop)
-        gdir = f"{ns_dir}/{group.rel_path()}"
-        if not os.path.isdir(gdir):
-            continue  # new here: the full path creates it
+        # plain string paths: the same files as group_lock, get_owner, list_snapshot_ids and
+        # manifest_digest use, without their per-call Path objects
+        gdir = f"{ns_dir}/{group.type.value}/{group.id}"
         try:
-            lock = store.group_lock(ns, group).acquire()
-        except (AsyncSyncError, OSError):
-            continue
+            # FileLock's open and flock; O_CREAT only creates the lock file, never the folder
+            fd = os.open(f"{gdir}/{_GROUP_LOCK_FILE}", flags, 0o644)
+        except OSError:
+            continue  # no such group here (new: the full path creates it), or unusable
         try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # locked (another pull or backup): the full path reports it
             if _read_owner(gdir) != rules.owner:
                 continue
-            committed = _committed_snapshots(gdir)
-            local: dict[int, str | None] = {t: None for _, t in committed[:-1]}
-            if committed:
-                name, t = committed[-1]
-                local[t] = _manifest_digest(f"{gdir}/{name}")
             n = unchanged_count(
                 remote,
-                local,
+                _local_state(gdir),
                 transfer_last=rules.transfer_last,
                 verified_only=rules.verified_only,
                 remove_vanished=rules.remove_vanished,
@@ -440,7 +518,7 @@ def _settle_unchanged(
         except (AsyncSyncError, OSError, ValueError):
             continue  # the full path meets the same problem and reports it as before
         finally:
-            lock.release()
+            os.close(fd)  # releases the flock
     return out
 
 
