@@ -154,6 +154,8 @@ class Faults:
         self.fault: Callable[[str, bytes, int], bytes | str] | None = None
         self.attempts: dict[str, int] = {}
         self.groups_answer: Any = None
+        #: replaces the namespace-wide snapshot listing (a ``snapshots`` request without a group)
+        self.snapshots_answer: Any = None
 
 
 def fault_middleware(faults: Faults) -> Any:
@@ -161,6 +163,9 @@ def fault_middleware(faults: Faults) -> Any:
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         if faults.groups_answer is not None and request.path.endswith("/groups"):
             return web.json_response({"data": faults.groups_answer})
+        bulk = request.path.endswith("/snapshots") and "backup-id" not in request.query
+        if faults.snapshots_answer is not None and bulk:
+            return web.json_response({"data": faults.snapshots_answer})
         m = _CHUNK_RE.search(request.path)
         batch = request.method == "POST" and _CHUNKS_RE.search(request.path)
         if not (m or batch) or faults.fault is None:
@@ -269,11 +274,34 @@ async def test_truncated_or_reset_transfer_is_retried(
 async def test_hostile_group_name_is_refused(remote: Installation, dst: Datastore) -> None:
     async with faulty_server(remote) as (srv, faults):
         faults.groups_answer = [{"backup-type": "vm", "backup-id": "../../../etc", "backup-count": 1}]
-        report = await http_pull(srv, remote, dst)
+        # remove-vanished needs the group listing (without it the snapshot listing names the groups)
+        report = await http_pull(srv, remote, dst, remove_vanished=True)
     assert not report.ok
     assert any("backup id" in e for e in report.errors), report.errors
     assert await asyncio.to_thread(dst.list_groups, N("")) == []
     assert not await asyncio.to_thread((dst.root.parent / "etc").exists)
+
+
+async def test_hostile_name_in_the_namespace_snapshot_listing_is_never_a_path(
+    remote: Installation, dst: Datastore
+) -> None:
+    """The namespace-wide listing names the groups of a plain pull: a hostile id in it is
+    refused; the pull falls back to the group and per-group listings (here honest)."""
+    hostile = {
+        "backup-type": "vm",
+        "backup-id": "../../../etc",
+        "backup-time": 1_700_000_000,
+        "files": [],
+        "size": 0,
+        "protected": False,
+    }
+    async with faulty_server(remote) as (srv, faults):
+        faults.snapshots_answer = [hostile]
+        report = await http_pull(srv, remote, dst)
+    assert report.ok, report.failure_message()
+    assert not await asyncio.to_thread((dst.root.parent / "etc").exists)
+    groups = await asyncio.to_thread(dst.list_groups, N(""))
+    assert groups == await asyncio.to_thread(remote.store.list_groups, N("")) != []
 
 
 # ---- the CLI ------------------------------------------------------------------------------

@@ -653,30 +653,11 @@ class _PullRun:
         plans: list[_NsPlan] = []
         work: list[tuple[_NsPlan, GroupId]] = []
         for remote, local in pairs:
-            # with no group filter every group is selected, so the namespace-wide snapshot
-            # listing will be wanted (unless there are fewer than two groups): ask for it
-            # while the group listing is on its way (the server answers both in parallel)
-            speculative = isinstance(self.source, BulkListing) and not opts.group_filter.filters
-            async with asyncio.TaskGroup() as tg:
-                bulk = tg.create_task(self._bulk_snapshots(remote)) if speculative else None
-                try:
-                    groups: list[GroupItem] | None = await self.source.list_groups(remote)
-                except AsyncSyncError as exc:
-                    self.report.errors.append(f"namespace {remote!s}: cannot list groups: {exc}")
-                    self._log(f"namespace {remote!s}: cannot list groups: {exc}")
-                    groups = None
-            p = _NsPlan(remote, local, groups)
+            p = await self._plan_namespace(remote, local)
             plans.append(p)
             selected = [g.group for g in sorted(p.groups or [], key=lambda g: g.group)]
             selected = [g for g in selected if opts.group_filter.matches(g)]
             work.extend((p, g) for g in selected)
-            # one listing per namespace instead of one per group, when most groups are wanted
-            if (
-                isinstance(self.source, BulkListing)
-                and len(selected) >= 2
-                and 2 * len(selected) >= len(p.groups or [])
-            ):
-                p.snapshots = bulk.result() if bulk is not None else await self._bulk_snapshots(p.remote)
 
         order = {(p.local, g): i for i, (p, g) in enumerate(work)}
         work = await self._settle_unchanged(work)
@@ -711,6 +692,45 @@ class _PullRun:
         self._current_group = None
         self._emit()
         return self.report
+
+    async def _plan_namespace(self, remote: Namespace, local: Namespace) -> _NsPlan:
+        """List the groups of ``remote`` (and, when most are wanted, all its snapshots at once).
+
+        With no group filter and no remove-vanished, the namespace-wide snapshot listing
+        alone is asked for and the groups are those it names: the group listing would
+        add only groups without snapshots, which carry nothing to pull (such a group is
+        not created here), and it cost the server as much again. With a filter the
+        group listing comes first; with remove-vanished it is needed to tell an empty
+        group from a vanished one, and the snapshot listing is asked for in parallel.
+        If the snapshot listing fails, the group listing and per-group listings are used.
+        """
+        opts = self.options
+        bulk_source = isinstance(self.source, BulkListing)
+        unfiltered = bulk_source and not opts.group_filter.filters
+        if unfiltered and not opts.remove_vanished:
+            snapshots = await self._bulk_snapshots(remote)
+            if snapshots is not None:
+                items = [
+                    GroupItem(g, None, len(listed), max(i.snapshot.time for i in listed))
+                    for g, listed in snapshots.items()
+                ]
+                return _NsPlan(remote, local, items, snapshots)
+        async with asyncio.TaskGroup() as tg:
+            # ask for the snapshot listing while the group listing is on its way (the server
+            # answers both in parallel) when every group is selected
+            bulk = tg.create_task(self._bulk_snapshots(remote)) if unfiltered else None
+            try:
+                groups: list[GroupItem] | None = await self.source.list_groups(remote)
+            except AsyncSyncError as exc:
+                self.report.errors.append(f"namespace {remote!s}: cannot list groups: {exc}")
+                self._log(f"namespace {remote!s}: cannot list groups: {exc}")
+                groups = None
+        p = _NsPlan(remote, local, groups)
+        selected = sum(1 for g in groups or [] if opts.group_filter.matches(g.group))
+        # one listing per namespace instead of one per group, when most groups are wanted
+        if bulk_source and selected >= 2 and 2 * selected >= len(groups or []):
+            p.snapshots = bulk.result() if bulk is not None else await self._bulk_snapshots(remote)
+        return p
 
     async def _settle_unchanged(self, work: list[tuple[_NsPlan, GroupId]]) -> list[tuple[_NsPlan, GroupId]]:
         """Record the groups of ``work`` that need nothing (see :func:`_settle_unchanged`)
