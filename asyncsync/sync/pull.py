@@ -227,6 +227,24 @@ def _check_and_add(writer: SnapshotWriter, entry: FileEntry, data: bytes, needed
             needed.setdefault(digest, size)
 
 
+def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of ``eg`` that is not a cancellation (the others' consequence), else its first."""
+    leaves: list[BaseException] = []
+
+    def walk(group: BaseExceptionGroup[BaseException]) -> None:
+        for exc in group.exceptions:
+            if isinstance(exc, BaseExceptionGroup):
+                walk(exc)
+            else:
+                leaves.append(exc)
+
+    walk(eg)
+    for exc in leaves:
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return leaves[0]
+
+
 def _present_and_touch(store: Datastore, digests: Sequence[bytes]) -> set[bytes]:
     """Those of ``digests`` present in the chunk store; their mtime is refreshed so that
     a garbage collection running concurrently keeps them (as Proxmox does)."""
@@ -671,6 +689,10 @@ class _PullRun:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.pool.run())
+                if work:
+                    # the first snapshot with chunks needs the trusted set: read it while that
+                    # snapshot's reader, manifest and indexes are on their way
+                    tg.create_task(self._warm_trusted())
                 try:
                     async with asyncio.TaskGroup() as groups_tg:
                         for _ in range(min(opts.group_workers, max(1, len(work)))):
@@ -864,17 +886,42 @@ class _PullRun:
                 self._trusted = trusted
             return self._trusted
 
-    async def _plan_chunks(self, needed: dict[bytes, int]) -> int:
-        """Drop from ``needed`` the chunks reused locally and return how many that was.
+    async def _warm_trusted(self) -> None:
+        """Compute the trusted set ahead of the first snapshot that needs it (errors are left
+        for that snapshot's own call to meet and report)."""
+        with contextlib.suppress(AsyncSyncError, OSError):
+            await self._trusted_set()
+
+    async def _transfer_chunks(
+        self, reader: SnapshotSource, needed: dict[bytes, int]
+    ) -> tuple[FetchOutcome, int]:
+        """Make every chunk of ``needed`` present: reuse the trusted local ones, fetch the rest;
+        return the fetch's outcome and how many local chunks were reused.
 
         Only trusted local chunks are reused (and touched, so a concurrent gc keeps them).
+        A chunk outside the trusted set is fetched whatever the store holds, so those
+        transfers start at once, while the trusted ones are checked in a worker thread
+        (one stat and one utime each: on an incremental pull of a 98 %-shared snapshot
+        that check took as long as fetching the new chunks); the trusted chunks found
+        missing are fetched after it.
         """
         trusted = await self._trusted_set()
-        candidates = [d for d in needed if d in trusted and not self.pool.is_done(d)]
-        present = await run_write(_present_and_touch, self.target, candidates) if candidates else set()
-        for d in present:
-            del needed[d]
-        return len(present)
+        fresh = {d: size for d, size in needed.items() if d not in trusted}
+        known = [d for d in needed if d in trusted]
+        # chunks this run already stored stay in the fetch, which counts them as deduplicated
+        candidates = [d for d in known if not self.pool.is_done(d)]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                first = tg.create_task(self._fetch_needed(reader, fresh))
+                present: set[bytes] = set()
+                if candidates:
+                    present = await run_write(_present_and_touch, self.target, candidates)
+                outcome = await self._fetch_needed(reader, {d: needed[d] for d in known if d not in present})
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+        outcome.add(first.result())
+        self.report.chunks_reused += len(present) + outcome.deduplicated
+        return outcome, len(present)
 
     async def _fetch_needed(self, reader: SnapshotSource, needed: dict[bytes, int]) -> FetchOutcome:
         """Fetch every chunk of ``needed`` through the pool, :data:`FETCH_SLICE` at a time."""
@@ -913,11 +960,8 @@ class _PullRun:
                     file_bytes += len(data)
                     await run_write(_check_and_add, writer, entry, data, needed)
                     del data
-                reused = await self._plan_chunks(needed)
-                self.report.chunks_reused += reused
-                outcome = await self._fetch_needed(reader, needed)
+                outcome, reused = await self._transfer_chunks(reader, needed)
                 needed.clear()
-                self.report.chunks_reused += outcome.deduplicated
                 await run_write(writer.commit, manifest=manifest)
         finally:
             await reader.aclose()

@@ -1,0 +1,122 @@
+"""A snapshot's chunks: the ones no local snapshot references are fetched at once, while the
+trusted local ones are checked (stat + utime) in a worker thread; the trusted ones found
+missing are fetched after the check. Outcomes must be those of doing it in sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from pullutil import T0, FaultySource, add_snapshot, chunk_files, leftovers, new_store, store_tree
+
+from asyncsync import PullOptions, PullReport, pull
+from asyncsync.datastore import blob
+from asyncsync.datastore.datastore import Datastore
+from asyncsync.names import GroupId
+from asyncsync.sync import pull as pull_mod
+from asyncsync.sync.report import GroupStatus
+from asyncsync.sync.source import LocalSource
+
+DAY = 86_400
+GROUP = GroupId.parse("vm/100")
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Datastore:
+    return new_store(tmp_path / "src", "src")
+
+
+@pytest.fixture
+def dst(tmp_path: Path) -> Datastore:
+    return new_store(tmp_path / "dst", "dst")
+
+
+def _two_snapshots(src: Datastore) -> list[bytes]:
+    """Snapshot 1 of vm/100; returns the shared contents, for snapshot 2 (added by the test)."""
+    shared = [random.Random(i).randbytes(3000) for i in range(40)]
+    add_snapshot(src, "", GROUP, T0, shared=shared, chunks=2)
+    return shared
+
+
+def _pull(source: object, dst: Datastore) -> PullReport:
+    return asyncio.run(pull(source, dst, PullOptions()))  # type: ignore[arg-type]
+
+
+def test_missing_trusted_chunk_is_fetched_and_the_rest_reused(src: Datastore, dst: Datastore) -> None:
+    shared = _two_snapshots(src)
+    first = _pull(LocalSource(src), dst)
+    assert first.ok, first.failure_message()
+    add_snapshot(src, "", GROUP, T0 + DAY, shared=shared, chunks=3)
+    # one chunk the previous snapshot references is gone here: it must be fetched again
+    victim = blob.digest_of(shared[5])
+    os.unlink(dst.chunks.path(victim))
+
+    lacking = chunk_files(src) - chunk_files(dst)
+    assert victim in lacking and len(lacking) > 1
+
+    faulty = FaultySource(LocalSource(src))
+    second = _pull(faulty, dst)
+    assert second.ok, second.failure_message()
+    # exactly what was lacking crossed, each chunk once (the trusted victim after the check)
+    assert sorted(faulty.fetched) == sorted(lacking)
+    assert second.chunks_downloaded == len(lacking)
+    assert second.chunks_reused >= len(shared) - 1
+    assert store_tree(dst) == store_tree(src)
+    assert chunk_files(dst) == chunk_files(src)
+    assert leftovers(dst) == []
+
+
+def test_a_failing_presence_check_fails_the_group_and_leaves_nothing(
+    src: Datastore, dst: Datastore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = _two_snapshots(src)
+    assert _pull(LocalSource(src), dst).ok
+    add_snapshot(src, "", GROUP, T0 + DAY, shared=shared, chunks=3)
+    before = store_tree(dst)
+
+    def broken(store: Datastore, digests: Sequence[bytes]) -> set[bytes]:
+        raise PermissionError(13, "injected: chunk folder unreadable")
+
+    monkeypatch.setattr(pull_mod, "_present_and_touch", broken)
+    report = _pull(LocalSource(src), dst)
+    assert not report.ok
+    [group] = [g for g in report.groups if g.group == GROUP]
+    assert group.status is GroupStatus.FAILED
+    assert "injected" in (group.error or "")
+    assert store_tree(dst) == before  # the new snapshot was not committed
+    assert leftovers(dst) == []
+
+
+def test_a_corrupt_new_chunk_fails_the_group_while_the_check_runs(src: Datastore, dst: Datastore) -> None:
+    shared = _two_snapshots(src)
+    assert _pull(LocalSource(src), dst).ok
+    add_snapshot(src, "", GROUP, T0 + DAY, shared=shared, chunks=3)
+    before = store_tree(dst)
+    faulty = FaultySource(LocalSource(src))
+
+    def corrupt(digest: str, data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 1])
+
+    faulty.on_chunk = corrupt
+    report = _pull(faulty, dst)
+    assert not report.ok
+    [group] = [g for g in report.groups if g.group == GROUP]
+    assert group.status is GroupStatus.FAILED
+    assert group.error
+    assert store_tree(dst) == before
+    assert leftovers(dst) == []
+    # nothing corrupt was stored under a digest
+    for digest in chunk_files(dst):
+        assert blob.digest_of(blob.decode(dst.chunks.read(digest))) == digest
+
+
+def test_first_error_prefers_a_real_error_to_cancellations() -> None:
+    real = OSError("disk")
+    eg = BaseExceptionGroup("x", [asyncio.CancelledError(), ExceptionGroup("y", [real])])
+    assert pull_mod._first_error(eg) is real
+    only = asyncio.CancelledError()
+    assert pull_mod._first_error(BaseExceptionGroup("z", [only])) is only
