@@ -12,13 +12,12 @@ is what garbage collection's grace period looks at).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput, NotFound, StorageError
 from ..names import check_digest
@@ -47,6 +46,10 @@ class SyncLevel(StrEnum):
             ) from None
 
 
+if TYPE_CHECKING:
+    import ctypes
+
+#: libc, loaded on the first syncfs (ctypes is imported only then: every pull imports this module)
 _libc: ctypes.CDLL | None = None
 
 
@@ -54,6 +57,7 @@ def syncfs(path: Path) -> None:
     """Flush the file system holding ``path`` (``syncfs(2)``, else ``sync(2)``)."""
     global _libc
     if _libc is None:
+        import ctypes
         import ctypes.util  # only when a sync is needed: find_library is slow to import
 
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -116,7 +120,8 @@ def _pid_alive(pid: int) -> bool:
 
 def tmp_name(stem: str) -> str:
     """A temp-file name that records the writing process (see :func:`is_stale_tmp`)."""
-    return f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}.{stem}"
+    # os.urandom, as secrets.token_hex uses (importing secrets costs ~8 ms per process)
+    return f"{TMP_PREFIX}{os.getpid()}.{os.urandom(6).hex()}.{stem}"
 
 
 def is_stale_tmp(name: str) -> bool:
