@@ -35,7 +35,7 @@ from pullutil import T0, add_snapshot, new_store, store_tree
 from serverutil import Installation, RunningServer, remote, remote_server  # noqa: F401
 
 from asyncsync import HttpSource, LocalSource, PullOptions, PullReport, protocol, pull
-from asyncsync.datastore.datastore import Datastore
+from asyncsync.datastore.datastore import LOCK_FILE, Datastore
 from asyncsync.datastore.manifest import MANIFEST_NAME, FileEntry
 from asyncsync.errors import InvalidInput, NotFound, PermissionDenied
 from asyncsync.names import ROOT_NS, AuthId, BackupType, GroupId, Namespace, SnapshotId, check_archive_name
@@ -333,7 +333,7 @@ def test_local_state_matches_the_datastore_on_odd_groups(tmp_path: Path) -> None
         assert pull_mod._local_state(gdir) == reference_local_state(ds, NS_A, g), g
     assert list(pull_mod._local_state(f"{ns_dir}/{GROUPS[0]}")) == [T0, T0 + 3600]
     # the lock the pre-check takes is the group lock
-    assert Path(f"{ns_dir}/{GROUPS[0]}/{pull_mod._GROUP_LOCK_FILE}") == ds.group_lock(NS_A, GROUPS[0]).path
+    assert Path(f"{ns_dir}/{GROUPS[0]}/{LOCK_FILE}") == ds.group_lock(NS_A, GROUPS[0]).path
 
 
 @pytest.fixture

@@ -108,10 +108,17 @@ class SnapshotInfo:
         }
 
 
-class FileLock:
-    """A non-blocking exclusive ``flock`` on a file; raises :class:`Locked` if held elsewhere."""
+#: the lock file of a datastore (in its root) and of a group (in the group folder)
+LOCK_FILE = ".lock"
 
-    def __init__(self, path: Path, what: str) -> None:
+
+class FileLock:
+    """A non-blocking exclusive ``flock`` on a file; raises :class:`Locked` if held elsewhere.
+
+    :meth:`acquire` creates the lock file, never its folder: a missing folder is a
+    :class:`FileNotFoundError`."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
         self.path = path
         self.what = what
         self._fd: int | None = None
@@ -191,13 +198,13 @@ class Datastore:
 
     def lock(self) -> FileLock:
         """The datastore-wide lock (for gc and other exclusive maintenance)."""
-        return FileLock(self.root / ".lock", f"datastore {self.name}")
+        return FileLock(self.root / LOCK_FILE, f"datastore {self.name}")
 
     def group_lock(self, ns: Namespace, group: GroupId) -> FileLock:
         """Lock one group against concurrent writers (backup, pull, forget)."""
         path = self.group_path(ns, group)
         path.mkdir(parents=True, exist_ok=True)
-        return FileLock(path / ".lock", f"group {group}" + (f" in namespace {ns}" if ns.parts else ""))
+        return FileLock(path / LOCK_FILE, f"group {group}" + (f" in namespace {ns}" if ns.parts else ""))
 
     # ---- namespaces ------------------------------------------------------
 

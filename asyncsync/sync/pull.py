@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import itertools
 import logging
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..datastore import blob as blobcodec
-from ..datastore.datastore import OWNER_FILE, Datastore, FileLock, SnapshotWriter, snapshot_time
+from ..datastore.datastore import LOCK_FILE, OWNER_FILE, Datastore, FileLock, SnapshotWriter, snapshot_time
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
 from ..errors import (
@@ -370,11 +369,6 @@ def _begin_group(
     return lock, actual, local
 
 
-#: the group lock's file name in the group folder (as :meth:`Datastore.group_lock`; a test
-#: checks that the two agree)
-_GROUP_LOCK_FILE = ".lock"
-
-
 @functools.lru_cache(maxsize=4096)
 def _parse_owner(text: str) -> AuthId:
     return AuthId.parse(text)  # only valid ids are cached: a bad one raises every time
@@ -507,21 +501,17 @@ def _settle_unchanged(
     """
     out: list[tuple[GroupId, int]] = []
     ns_dir = str(store.ns_path(ns))
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     for group, remote in groups:
         # plain string paths: the same files as group_lock, get_owner, list_snapshot_ids and
         # manifest_digest use, without their per-call Path objects
         gdir = f"{ns_dir}/{group.type.value}/{group.id}"
         try:
-            # FileLock's open and flock; O_CREAT only creates the lock file, never the folder
-            fd = os.open(f"{gdir}/{_GROUP_LOCK_FILE}", flags, 0o644)
-        except OSError:
-            continue  # no such group here (new: the full path creates it), or unusable
+            # the group lock without group_lock's mkdir and Path objects: a group folder that
+            # does not exist here fails the open (new here: the full path creates it)
+            lock = FileLock(f"{gdir}/{LOCK_FILE}", f"group {group}").acquire()
+        except (AsyncSyncError, OSError):
+            continue  # missing, unusable, or locked (another pull or backup): the full path reports it
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # locked (another pull or backup): the full path reports it
             if _read_owner(gdir) != rules.owner:
                 continue
             n = unchanged_count(
@@ -536,7 +526,7 @@ def _settle_unchanged(
         except (AsyncSyncError, OSError, ValueError):
             continue  # the full path meets the same problem and reports it as before
         finally:
-            os.close(fd)  # releases the flock
+            lock.release()
     return out
 
 
