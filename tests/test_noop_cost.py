@@ -25,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from pullutil import T0, add_snapshot, new_store, store_tree
 from serverutil import Installation, RunningServer, remote, remote_server  # noqa: F401
 
 from asyncsync import HttpSource, LocalSource, PullOptions, PullReport, protocol, pull
+from asyncsync.datastore import blob
 from asyncsync.datastore.datastore import LOCK_FILE, Datastore
 from asyncsync.datastore.manifest import MANIFEST_NAME, FileEntry
 from asyncsync.errors import InvalidInput, NotFound, PermissionDenied
@@ -469,3 +471,33 @@ async def test_noop_over_the_wire_settles_every_group(
     assert sum(settled) == len(first.groups) > 0
     assert len(again.groups) == len(first.groups)
     assert all(g.status is GroupStatus.OK and g.snapshots_unchanged == 1 for g in again.groups)
+
+
+def test_listing_skips_a_fifo_manifest_and_bounds_an_oversized_one(tmp_path: Path) -> None:
+    """Hostile local files: a FIFO in place of a manifest would block a reading thread
+    forever; it is "no manifest" (the snapshot is not listed). An oversized manifest is read
+    only up to the bound and listed as corrupt, as any undecodable manifest."""
+    ds = tricky_source(tmp_path / "src")
+    g = GroupId.parse("vm/100")
+    newest = ds.snapshot_path(ROOT_NS, SnapshotId(g, T0 + 3600)) / MANIFEST_NAME
+    newest.unlink()
+    os.mkfifo(newest)
+    done: list[list[SnapshotItem]] = []
+    t = threading.Thread(
+        target=lambda: done.append(api._snapshots_blocking(ds, ROOT_NS, g, None, api.ManifestCache()))
+    )
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "the listing blocked on a FIFO"
+    assert [i.snapshot for i in done[0]] == [SnapshotId(g, T0)]
+
+    newest.unlink()
+    with open(newest, "wb") as f:
+        f.truncate(blob.MAX_BLOB_SIZE + 10 * 1024 * 1024)  # sparse: 26 MiB claimed, none on disk
+    assert len(api._read_small(str(newest)) or b"") == blob.MAX_BLOB_SIZE + 1
+    items = api._snapshots_blocking(ds, ROOT_NS, g, None, api.ManifestCache())
+    assert [(i.snapshot.time, i.verify_state, i.manifest_digest is None) for i in items][-1] == (
+        T0 + 3600,
+        "corrupt",
+        True,
+    )

@@ -208,22 +208,29 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def _read_small(path: str) -> bytes | None:
-    """The bytes of a file, None if it does not exist. Plain ``os`` calls: a listing opens
+def _read_small(path: str, max_size: int = blob.MAX_BLOB_SIZE) -> bytes | None:
+    """The bytes of a regular file, None if there is none (missing, or not a regular file:
+    a FIFO or a folder in its place is "not there", as ``os.path.isfile`` says, and never
+    blocks the reading thread). At most ``max_size`` + 1 bytes are read, so an oversized
+    file costs bounded memory and fails its decoding. Plain ``os`` calls: a listing opens
     thousands of small files, and ``open()``'s buffered file object costs more than the read.
     Tried directly (no exists check first): a missing file costs one failed open."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         first = os.read(fd, 65536)
         if not first:
             return first
         parts = [first]
+        got = len(first)
         # a short read of a regular file is normally EOF, but only an empty read proves it
-        while piece := os.read(fd, 65536):
+        while got <= max_size and (piece := os.read(fd, min(65536, max_size + 1 - got))):
             parts.append(piece)
+            got += len(piece)
         return first if len(parts) == 1 else b"".join(parts)
     finally:
         os.close(fd)
