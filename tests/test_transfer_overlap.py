@@ -1,12 +1,16 @@
-"""A snapshot's chunks: the ones no local snapshot references are fetched at once, while the
+"""Work a pull does side by side, with outcomes as if done in sequence.
+
+A snapshot's chunks: the ones no local snapshot references are fetched at once, while the
 trusted local ones are checked (stat + utime) in a worker thread; the trusted ones found
-missing are fetched after the check. Outcomes must be those of doing it in sequence."""
+missing are fetched after the check. The quick temp cleanup runs beside the listings."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from pullutil import T0, FaultySource, add_snapshot, chunk_files, leftovers, new
 from asyncsync import PullOptions, PullReport, pull
 from asyncsync.datastore import blob
 from asyncsync.datastore.datastore import Datastore
-from asyncsync.names import GroupId
+from asyncsync.names import GroupId, Namespace
 from asyncsync.sync import pull as pull_mod
 from asyncsync.sync.report import GroupStatus
 from asyncsync.sync.source import LocalSource
@@ -120,3 +124,30 @@ def test_first_error_prefers_a_real_error_to_cancellations() -> None:
     assert pull_mod._first_error(eg) is real
     only = asyncio.CancelledError()
     assert pull_mod._first_error(BaseExceptionGroup("z", [only])) is only
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_pull_removes_what_dead_writers_left_while_it_lists(
+    src: Datastore, dst: Datastore, clean: bool
+) -> None:
+    """The quick temp cleanup runs beside the listings: a dead process's chunk temp file and
+    snapshot temp folder are gone after the pull (kept with clean_temp off); the pull's own
+    work is complete either way."""
+    shared = _two_snapshots(src)
+    assert _pull(LocalSource(src), dst).ok
+    add_snapshot(src, "", GROUP, T0 + DAY, shared=shared, chunks=3)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dst.chunks.tmp_dir.mkdir(exist_ok=True)
+    stale_chunk = dst.chunks.tmp_dir / f".tmp.{dead.pid}.abc123.{'0' * 64}"
+    stale_chunk.write_bytes(b"half")
+    stale_snap = dst.group_path(Namespace.parse(""), GROUP) / f".tmp.{dead.pid}.ffff.2026-01-01T00:00:00Z"
+    stale_snap.mkdir()
+    (stale_snap / "root.didx").write_bytes(b"x")
+
+    report = asyncio.run(pull(LocalSource(src), dst, PullOptions(clean_temp=clean)))
+    assert report.ok, report.failure_message()
+    assert report.snapshots_synced == 1
+    assert stale_chunk.exists() is not clean
+    assert stale_snap.exists() is not clean
+    assert chunk_files(dst) == chunk_files(src)

@@ -648,24 +648,16 @@ class _PullRun:
                     f"({opts.remote_ns!s} and {opts.ns!s})",
                     field="ns",
                 )
-        if opts.clean_temp:
-            # only the temp folders (O(temp files)); gc does the full O(chunks) scan
-            await run_write(functools.partial(self.target.cleanup_temp, full=False))
-        remote_nss = await self.source.list_namespaces(opts.remote_ns, opts.max_depth)
-        pairs = nsmap.map_all(remote_nss)  # raises before any transfer if a namespace does not fit
-        if not any(r == opts.remote_ns for r, _ in pairs):
-            pairs.insert(0, (opts.remote_ns, nsmap.map(opts.remote_ns)))
-        self.report.namespaces_created = await run_write(
-            _create_namespaces, self.target, [local for _, local in pairs]
-        )
-        plans: list[_NsPlan] = []
-        work: list[tuple[_NsPlan, GroupId]] = []
-        for remote, local in pairs:
-            p = await self._plan_namespace(remote, local)
-            plans.append(p)
-            selected = [g.group for g in sorted(p.groups or [], key=lambda g: g.group)]
-            selected = [g for g in selected if opts.group_filter.matches(g)]
-            work.extend((p, g) for g in selected)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if opts.clean_temp:
+                    # only the temp folders (O(temp files)); gc does the full O(chunks) scan. It
+                    # runs while the listings are on their way: it removes only what dead
+                    # processes left, which neither the listings nor creating namespaces touch
+                    tg.create_task(run_write(functools.partial(self.target.cleanup_temp, full=False)))
+                plans, work = await self._plan(nsmap)
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
 
         order = {(p.local, g): i for i, (p, g) in enumerate(work)}
         work = await self._settle_unchanged(work)
@@ -704,6 +696,27 @@ class _PullRun:
         self._current_group = None
         self._emit()
         return self.report
+
+    async def _plan(self, nsmap: NamespaceMap) -> tuple[list[_NsPlan], list[tuple[_NsPlan, GroupId]]]:
+        """List the remote namespaces, create their local counterparts, and plan each one:
+        the plans and the selected (plan, group) pairs, in the run's order."""
+        opts = self.options
+        remote_nss = await self.source.list_namespaces(opts.remote_ns, opts.max_depth)
+        pairs = nsmap.map_all(remote_nss)  # raises before any transfer if a namespace does not fit
+        if not any(r == opts.remote_ns for r, _ in pairs):
+            pairs.insert(0, (opts.remote_ns, nsmap.map(opts.remote_ns)))
+        self.report.namespaces_created = await run_write(
+            _create_namespaces, self.target, [local for _, local in pairs]
+        )
+        plans: list[_NsPlan] = []
+        work: list[tuple[_NsPlan, GroupId]] = []
+        for remote, local in pairs:
+            p = await self._plan_namespace(remote, local)
+            plans.append(p)
+            selected = [g.group for g in sorted(p.groups or [], key=lambda g: g.group)]
+            selected = [g for g in selected if opts.group_filter.matches(g)]
+            work.extend((p, g) for g in selected)
+        return plans, work
 
     async def _plan_namespace(self, remote: Namespace, local: Namespace) -> _NsPlan:
         """List the groups of ``remote`` (and, when most are wanted, all its snapshots at once).
