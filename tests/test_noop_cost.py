@@ -36,7 +36,7 @@ from pullutil import T0, add_snapshot, new_store, store_tree
 from serverutil import Installation, RunningServer, remote, remote_server  # noqa: F401
 
 from asyncsync import HttpSource, LocalSource, PullOptions, PullReport, protocol, pull
-from asyncsync.datastore import blob
+from asyncsync.datastore import blob, fastread
 from asyncsync.datastore.datastore import LOCK_FILE, Datastore
 from asyncsync.datastore.manifest import MANIFEST_NAME, FileEntry
 from asyncsync.errors import InvalidInput, NotFound, PermissionDenied
@@ -494,7 +494,7 @@ def test_listing_skips_a_fifo_manifest_and_bounds_an_oversized_one(tmp_path: Pat
     newest.unlink()
     with open(newest, "wb") as f:
         f.truncate(blob.MAX_BLOB_SIZE + 10 * 1024 * 1024)  # sparse: 26 MiB claimed, none on disk
-    assert len(api._read_small(str(newest)) or b"") == blob.MAX_BLOB_SIZE + 1
+    assert len(fastread.read_small(str(newest)) or b"") == blob.MAX_BLOB_SIZE + 1
     items = api._snapshots_blocking(ds, ROOT_NS, g, None, api.ManifestCache())
     assert [(i.snapshot.time, i.verify_state, i.manifest_digest is None) for i in items][-1] == (
         T0 + 3600,

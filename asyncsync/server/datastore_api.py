@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import os
-import stat
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from aiohttp.abc import AbstractStreamWriter
 from .. import protocol
 from ..access import Privilege, datastore_acl_path
 from ..config.datastores import DatastoreConfig, list_datastores
-from ..datastore import blob
-from ..datastore.datastore import OWNER_FILE, PROTECTED_MARKER, Datastore, snapshot_time
+from ..datastore import blob, fastread
+from ..datastore.datastore import PROTECTED_MARKER, Datastore
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
 from ..errors import CorruptManifest, InvalidInput, InvalidName, NotFound, PermissionDenied, StorageError
@@ -181,69 +180,14 @@ def _open(request: web.Request, store: str) -> Datastore:
         raise NotFound(f"datastore {store} is not available") from None
 
 
-def _snapshot_folders(group_dir: str) -> list[tuple[str, int]]:
-    """(name, time) of the snapshot folders in ``group_dir``, oldest first; committed or not.
-
-    One scandir; the entry types come from the directory listing itself (no stat per entry).
-    """
-    try:
-        with os.scandir(group_dir) as it:
-            names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    names.sort()  # canonical names sort chronologically
-    out = []
-    for name in names:
-        t = snapshot_time(name)
-        if t is not None:
-            out.append((name, t))
-    return out
-
-
-def _is_file(path: str) -> bool:
-    """True if ``path`` is a regular file (following symlinks); one stat."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
-def _read_small(path: str, max_size: int = blob.MAX_BLOB_SIZE) -> bytes | None:
-    """The bytes of a regular file, None if there is none (missing, or not a regular file:
-    a FIFO or a folder in its place is "not there", as ``os.path.isfile`` says, and never
-    blocks the reading thread). At most ``max_size`` + 1 bytes are read, so an oversized
-    file costs bounded memory and fails its decoding. Plain ``os`` calls: a listing opens
-    thousands of small files, and ``open()``'s buffered file object costs more than the read.
-    Tried directly (no exists check first): a missing file costs one failed open."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        first = os.read(fd, 65536)
-        if not first:
-            return first
-        parts = [first]
-        got = len(first)
-        # a short read of a regular file is normally EOF, but only an empty read proves it
-        while got <= max_size and (piece := os.read(fd, min(65536, max_size + 1 - got))):
-            parts.append(piece)
-            got += len(piece)
-        return first if len(parts) == 1 else b"".join(parts)
-    finally:
-        os.close(fd)
-
-
 def _snapshot_times(ds: Datastore, ns: Namespace, group: GroupId) -> list[int]:
     """Times of the group's committed snapshots (cheap: one stat each, no manifest is read)."""
-    return _committed_times(_group_dir(str(ds.ns_path(ns)), group))
+    return _committed_times(fastread.group_dir(str(ds.ns_path(ns)), group))
 
 
 def _committed_times(gdir: str) -> list[int]:
     """Times of the committed snapshots in the group folder ``gdir`` (one stat each)."""
-    return [t for name, t in _snapshot_folders(gdir) if _is_file(f"{gdir}/{name}/{MANIFEST_NAME}")]
+    return [t for name, t in fastread.snapshot_folders(gdir) if fastread.is_committed(f"{gdir}/{name}")]
 
 
 def _list_groups(ns_dir: str) -> list[GroupId]:
@@ -266,27 +210,15 @@ def _list_groups(ns_dir: str) -> list[GroupId]:
     return out
 
 
-def _group_dir(ns_dir: str, group: GroupId) -> str:
-    """The folder of ``group`` in the namespace folder ``ns_dir`` (as :meth:`Datastore.group_path`,
-    as a plain string: listings build thousands and Path objects cost more than the syscalls)."""
-    return f"{ns_dir}/{group.type.value}/{group.id}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_owner(text: str) -> AuthId:
-    return AuthId.parse(text)
-
-
 def _owner(ds: Datastore, ns: Namespace, group: GroupId) -> AuthId | None:
     """The group's owner, None if it has none or it is unreadable (as :meth:`Datastore.get_owner`)."""
-    return _owner_at(_group_dir(str(ds.ns_path(ns)), group))
+    return _owner_at(fastread.group_dir(str(ds.ns_path(ns)), group))
 
 
 def _owner_at(gdir: str) -> AuthId | None:
     """The owner of the group folder ``gdir`` (see :func:`_owner`); one try-open."""
     try:
-        raw = _read_small(f"{gdir}/{OWNER_FILE}")
-        return None if raw is None else _parse_owner(raw.decode().strip())
+        return fastread.read_owner(gdir)
     except (InvalidName, OSError, ValueError):
         return None
 
@@ -419,7 +351,7 @@ MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("manifest_cache", Manifes
 
 def _read_manifest(folder: str) -> bytes | None:
     """The manifest bytes of a snapshot folder, or None if it has none (not committed, removed)."""
-    return _read_small(f"{folder}/{MANIFEST_NAME}")
+    return fastread.read_small(f"{folder}/{MANIFEST_NAME}")
 
 
 #: one group of a group listing: (group, owner, times of its committed snapshots)
@@ -436,7 +368,7 @@ def _group_rows(ds: Datastore, ns: Namespace, only_for: AuthId | None) -> list[_
     ns_dir = str(ds.ns_path(ns))
     out: list[_GroupRow] = []
     for g in _list_groups(ns_dir):
-        gdir = _group_dir(ns_dir, g)
+        gdir = fastread.group_dir(ns_dir, g)
         owner = _owner_at(gdir)
         if only_for is not None and not owns(owner, only_for):
             continue
@@ -482,7 +414,7 @@ def _snapshot_rows(
     facts_of = cache.facts
     exists = os.access
     for g in groups:
-        gdir = _group_dir(ns_dir, g)
+        gdir = fastread.group_dir(ns_dir, g)
         owner = _owner_at(gdir)
         if only_for is not None and not owns(owner, only_for):
             if group is not None:
@@ -490,7 +422,7 @@ def _snapshot_rows(
             continue
         # what Datastore.list_snapshots gives, with the manifests decoded through the cache
         snaps = []
-        for name, t in _snapshot_folders(gdir):
+        for name, t in fastread.snapshot_folders(gdir):
             folder = f"{gdir}/{name}"
             raw = _read_manifest(folder)
             if raw is None:
@@ -499,7 +431,7 @@ def _snapshot_rows(
             snaps.append((t, facts_of(raw), exists(f"{folder}/{PROTECTED_MARKER}", os.F_OK)))
         if snaps:
             out.append((g, owner, snaps))
-    if group is not None and not out and not os.path.isdir(_group_dir(ns_dir, group)):
+    if group is not None and not out and not os.path.isdir(fastread.group_dir(ns_dir, group)):
         raise NotFound(f"backup group {group} not found")
     return out
 

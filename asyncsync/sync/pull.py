@@ -49,7 +49,6 @@ import functools
 import itertools
 import logging
 import os
-import stat
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..datastore import blob as blobcodec
-from ..datastore.datastore import LOCK_FILE, OWNER_FILE, Datastore, FileLock, SnapshotWriter, snapshot_time
+from ..datastore import fastread
+from ..datastore.datastore import LOCK_FILE, Datastore, FileLock, SnapshotWriter
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
 from ..errors import (
@@ -369,104 +369,22 @@ def _begin_group(
     return lock, actual, local
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_owner(text: str) -> AuthId:
-    return AuthId.parse(text)  # only valid ids are cached: a bad one raises every time
+def _local_state(gdir: str) -> dict[int, str | None]:
+    """The committed local snapshots of the group folder ``gdir``, oldest first: time →
+    manifest digest, known for the newest only (all :func:`unchanged_count` needs).
 
-
-def _read_all(fd: int) -> bytes:
-    """The rest of the open file ``fd`` (read until an empty read proves the end)."""
-    first = os.read(fd, 65536)
-    if not first:
-        return first
-    parts = [first]
-    while piece := os.read(fd, 65536):
-        parts.append(piece)
-    return first if len(parts) == 1 else b"".join(parts)
-
-
-def _read_owner(group_dir: str) -> AuthId | None:
-    """:meth:`Datastore.get_owner` of the group folder ``group_dir``: None if it has no owner
-    file; an unreadable or invalid one raises (:class:`OSError`, :class:`ValueError`,
-    :class:`~asyncsync.errors.InvalidName`). One try-open, no buffered file object."""
-    try:
-        fd = os.open(f"{group_dir}/{OWNER_FILE}", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        raw = _read_all(fd)
-    finally:
-        os.close(fd)
-    return _parse_owner(raw.decode("utf-8").strip())
-
-
-def _snapshot_folders(group_dir: str) -> list[tuple[str, int]]:
-    """(folder name, time) of the snapshot folders in ``group_dir``, committed or not, oldest
-    first: one scandir, entry types from the listing itself."""
-    try:
-        with os.scandir(group_dir) as it:
-            names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
-    except FileNotFoundError:
-        return []
-    names.sort()  # canonical names sort chronologically
-    out = []
-    for name in names:
-        t = snapshot_time(name)
-        if t is not None:
-            out.append((name, t))
-    return out
-
-
-def _committed_snapshots(group_dir: str) -> list[tuple[str, int]]:
-    """(folder name, time) of the committed snapshots in ``group_dir``, oldest first
-    (what :meth:`Datastore.list_snapshot_ids` lists: a regular manifest file, one stat each)."""
-    return [
-        (name, t)
-        for name, t in _snapshot_folders(group_dir)
-        if os.path.isfile(f"{group_dir}/{name}/{MANIFEST_NAME}")
-    ]
-
-
-def _manifest_digest(snapshot_dir: str) -> str | None:
-    """:meth:`Datastore.manifest_digest` of the snapshot folder ``snapshot_dir``; None if it
-    holds no manifest, or its manifest is not a regular file (then the snapshot is not
-    committed, as :func:`_committed_snapshots` says). Try-open, then one fstat."""
-    try:
-        fd = os.open(f"{snapshot_dir}/{MANIFEST_NAME}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        # the fstat keeps isfile's rule (and a FIFO or device never blocks or streams forever)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return blobcodec.digest_of(_read_all(fd))
-    finally:
-        os.close(fd)
-
-
-def _local_state(group_dir: str) -> dict[int, str | None]:
-    """The committed local snapshots of ``group_dir``, oldest first: time → manifest digest,
-    known for the newest only (all :func:`unchanged_count` needs).
-
-    The same answer as :func:`_committed_snapshots` plus :func:`_manifest_digest` of the
-    newest, with fewer syscalls: the newest manifest is opened directly (its read replaces
-    its stat; if it has none, the next older one is tried), the older ones get one stat each.
+    The newest manifest is read directly (its read replaces its stat; if it has none, the
+    next older one is tried); the older ones get one stat each.
     """
-    folders = _snapshot_folders(group_dir)
-    i = len(folders) - 1
-    newest: tuple[int, str] | None = None
-    while i >= 0:
+    folders = fastread.snapshot_folders(gdir)
+    local: dict[int, str | None] = {}
+    for i in range(len(folders) - 1, -1, -1):
         name, t = folders[i]
-        digest = _manifest_digest(f"{group_dir}/{name}")
+        digest = fastread.manifest_digest(f"{gdir}/{name}")
         if digest is not None:
-            newest = (t, digest)
+            local = {t: None for name, t in folders[:i] if fastread.is_committed(f"{gdir}/{name}")}
+            local[t] = digest
             break
-        i -= 1
-    local: dict[int, str | None] = {
-        t: None for name, t in folders[:i] if os.path.isfile(f"{group_dir}/{name}/{MANIFEST_NAME}")
-    }
-    if newest is not None:
-        local[newest[0]] = newest[1]
     return local
 
 
@@ -504,7 +422,7 @@ def _settle_unchanged(
     for group, remote in groups:
         # plain string paths: the same files as group_lock, get_owner, list_snapshot_ids and
         # manifest_digest use, without their per-call Path objects
-        gdir = f"{ns_dir}/{group.type.value}/{group.id}"
+        gdir = fastread.group_dir(ns_dir, group)
         try:
             # the group lock without group_lock's mkdir and Path objects: a group folder that
             # does not exist here fails the open (new here: the full path creates it)
@@ -512,7 +430,7 @@ def _settle_unchanged(
         except (AsyncSyncError, OSError):
             continue  # missing, unusable, or locked (another pull or backup): the full path reports it
         try:
-            if _read_owner(gdir) != rules.owner:
+            if fastread.read_owner(gdir) != rules.owner:
                 continue
             n = unchanged_count(
                 remote,

@@ -1,0 +1,114 @@
+"""Reads of a datastore's small files by plain string paths, for code that visits thousands
+of groups and snapshots per call: the server's listings and the pull's unchanged-group check.
+
+Each function gives the answer of the :class:`~.datastore.Datastore` method its docstring
+names, without that method's per-call ``Path`` objects (which cost more than the syscalls
+in those loops). Blocking: call from a worker thread.
+
+Hostile local files: a FIFO, device or folder where a regular file belongs is "not there"
+(as ``os.path.isfile`` says) and never blocks the reading thread; a read is bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+
+from ..names import AuthId, GroupId
+from . import blob
+from .datastore import OWNER_FILE, snapshot_time
+from .manifest import MANIFEST_NAME
+
+_PIECE = 65536
+
+
+def group_dir(ns_dir: str, group: GroupId) -> str:
+    """The folder of ``group`` in the namespace folder ``ns_dir`` (:meth:`Datastore.group_path`)."""
+    return f"{ns_dir}/{group.type.value}/{group.id}"
+
+
+def snapshot_folders(gdir: str) -> list[tuple[str, int]]:
+    """(name, time) of the snapshot folders in the group folder ``gdir``, oldest first,
+    committed or not: one scandir, the entry types from the listing itself."""
+    try:
+        with os.scandir(gdir) as it:
+            names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    names.sort()  # canonical names sort chronologically
+    out = []
+    for name in names:
+        t = snapshot_time(name)
+        if t is not None:
+            out.append((name, t))
+    return out
+
+
+def is_file(path: str) -> bool:
+    """True if ``path`` is a regular file (following symlinks); one stat."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def is_committed(snapshot_dir: str) -> bool:
+    """Whether the snapshot folder holds its manifest (:meth:`Datastore.snapshot_exists`)."""
+    return is_file(f"{snapshot_dir}/{MANIFEST_NAME}")
+
+
+def read_small(path: str, max_size: int = blob.MAX_BLOB_SIZE) -> bytes | None:
+    """The bytes of a regular file, None if there is none. At most ``max_size`` + 1 bytes
+    are read, so an oversized file costs bounded memory and fails its decoding. Tried
+    directly (no exists check first): a missing file costs one failed open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        first = os.read(fd, _PIECE)
+        if not first:
+            return first
+        parts = [first]
+        got = len(first)
+        # a short read of a regular file is normally EOF, but only an empty read proves it
+        while got <= max_size and (piece := os.read(fd, min(_PIECE, max_size + 1 - got))):
+            parts.append(piece)
+            got += len(piece)
+        return first if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_owner(text: str) -> AuthId:
+    return AuthId.parse(text)  # only valid ids are cached: a bad one raises every time
+
+
+def read_owner(gdir: str) -> AuthId | None:
+    """The owner of the group folder ``gdir`` (:meth:`Datastore.get_owner`): None if it has
+    no owner file; an unreadable or invalid one raises (:class:`OSError`,
+    :class:`ValueError`, :class:`~asyncsync.errors.InvalidName`)."""
+    raw = read_small(f"{gdir}/{OWNER_FILE}")
+    return None if raw is None else _parse_owner(raw.decode("utf-8").strip())
+
+
+def manifest_digest(snapshot_dir: str) -> str | None:
+    """The blake3 of the snapshot folder's stored manifest (:meth:`Datastore.manifest_digest`),
+    None if it has none (then the snapshot is not committed)."""
+    raw = read_small(f"{snapshot_dir}/{MANIFEST_NAME}")
+    return None if raw is None else blob.digest_of(raw)
+
+
+__all__ = [
+    "group_dir",
+    "is_committed",
+    "is_file",
+    "manifest_digest",
+    "read_owner",
+    "read_small",
+    "snapshot_folders",
+]
