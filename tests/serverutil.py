@@ -61,6 +61,8 @@ from asyncsync.datastore.manifest import Manifest
 from asyncsync.names import AuthId, Namespace, SnapshotId
 from asyncsync.server.app import ServerOptions, serve
 from asyncsync.server.readers import ReaderLimits
+from asyncsync.sync.pull import PullOptions, PullReport, pull
+from asyncsync.sync.source import HttpSource
 
 HOST = "127.0.0.1"
 ADMIN = AuthId.parse("admin@pbs")
@@ -342,6 +344,29 @@ class SubprocessServer:
 
 
 # ---- fixtures -------------------------------------------------------------------------------
+
+
+async def http_source(srv: RunningServer, inst: Installation, **kw: Any) -> HttpSource:
+    """A pull source on ``inst``'s store through ``srv``, logged in with its sync token, pinned."""
+    return await HttpSource.connect(
+        srv.host,
+        srv.port,
+        inst.sync_token,
+        inst.sync_secret,
+        inst.store_name,
+        fingerprint=srv.fingerprint,
+        name="pbs2",
+        **kw,
+    )
+
+
+async def http_pull(srv: RunningServer, inst: Installation, dst: Datastore, **kw: Any) -> PullReport:
+    """One pull of ``inst``'s store through ``srv`` into ``dst``; ``kw`` are :class:`PullOptions`."""
+    source = await http_source(srv, inst)
+    try:
+        return await pull(source, dst, PullOptions(**kw))
+    finally:
+        await source.aclose()
 
 
 @pytest.fixture

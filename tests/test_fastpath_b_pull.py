@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from pullutil import T0, add_snapshot, new_store, store_tree
-from serverutil import Installation, RunningServer, remote, remote_server  # noqa: F401
+from serverutil import Installation, RunningServer, http_pull, remote, remote_server  # noqa: F401
 
-from asyncsync import HttpSource, LocalSource, PullOptions, PullReport, pull
+from asyncsync import LocalSource, PullOptions, PullReport, pull
 from asyncsync.datastore.datastore import Datastore
 from asyncsync.datastore.manifest import FileEntry
 from asyncsync.names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
@@ -174,18 +174,7 @@ async def test_noop_over_tls_with_the_real_server(
     dst = await asyncio.to_thread(new_store, tmp_path / "dst", "dst")
 
     async def once() -> PullReport:
-        source = await HttpSource.connect(
-            remote_server.host,
-            remote_server.port,
-            remote.sync_token,
-            remote.sync_secret,
-            remote.store_name,
-            fingerprint=remote_server.fingerprint,
-        )
-        try:
-            return await pull(source, dst, PullOptions(remote_ns=ROOT_NS))
-        finally:
-            await source.aclose()
+        return await http_pull(remote_server, remote, dst, remote_ns=ROOT_NS)
 
     first = await once()
     assert first.ok and first.snapshots_synced > 0

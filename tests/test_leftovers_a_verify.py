@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 from pullutil import leftovers, new_store, store_tree
-from serverutil import Installation, RunningServer, remote, remote_server  # noqa: F401
+from serverutil import Installation, RunningServer, http_pull, remote, remote_server  # noqa: F401
 
-from asyncsync import HttpSource, LocalSource, PullOptions, pull
+from asyncsync import LocalSource, PullOptions, pull
 from asyncsync.datastore.chunkstore import tmp_name
 from asyncsync.datastore.datastore import Datastore
 from asyncsync.datastore.manifest import MANIFEST_NAME
@@ -122,18 +122,7 @@ async def test_pulls_and_listings_never_take_the_leftover_for_an_archive(
     expected = {f.filename for f in info.files} | {MANIFEST_NAME}
 
     over_tls = await asyncio.to_thread(new_store, tmp_path / "tls", "tls")
-    source = await HttpSource.connect(
-        remote_server.host,
-        remote_server.port,
-        remote.sync_token,
-        remote.sync_secret,
-        remote.store_name,
-        fingerprint=remote_server.fingerprint,
-    )
-    try:
-        report = await pull(source, over_tls, PullOptions())
-    finally:
-        await source.aclose()
+    report = await http_pull(remote_server, remote, over_tls)
     assert report.ok, report.failure_message()
 
     local = await asyncio.to_thread(new_store, tmp_path / "local", "local")

@@ -34,12 +34,14 @@ from serverutil import (  # noqa: F401
     RunningServer,
     SubprocessServer,
     add_datastore,
+    http_pull,
+    http_source,
     remote,
     remote_server,
     remote_subprocess,
 )
 
-from asyncsync import HttpSource, PullOptions, PullReport, pull
+from asyncsync import PullReport, pull
 from asyncsync.config import remotes
 from asyncsync.config.paths import Paths
 from asyncsync.datastore import blob
@@ -62,27 +64,6 @@ def content(store: Datastore) -> dict[str, object]:
 @pytest.fixture
 def dst(tmp_path: Path) -> Datastore:
     return new_store(tmp_path / "dst", "dst")
-
-
-async def http_source(srv: RunningServer, inst: Installation, **kw: Any) -> HttpSource:
-    return await HttpSource.connect(
-        srv.host,
-        srv.port,
-        inst.sync_token,
-        inst.sync_secret,
-        inst.store_name,
-        fingerprint=srv.fingerprint,
-        name="pbs2",
-        **kw,
-    )
-
-
-async def http_pull(srv: RunningServer, inst: Installation, dst: Datastore, **kw: Any) -> PullReport:
-    source = await http_source(srv, inst)
-    try:
-        return await pull(source, dst, PullOptions(**kw))
-    finally:
-        await source.aclose()
 
 
 async def test_pull_over_tls_equals_source_and_second_run_is_empty(
