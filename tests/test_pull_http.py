@@ -137,6 +137,8 @@ class Faults:
         self.groups_answer: Any = None
         #: replaces the namespace-wide snapshot listing (a ``snapshots`` request without a group)
         self.snapshots_answer: Any = None
+        #: the namespace of every namespace-wide snapshot listing asked for
+        self.bulk_requests: list[str] = []
 
 
 def fault_middleware(faults: Faults) -> Any:
@@ -145,6 +147,8 @@ def fault_middleware(faults: Faults) -> Any:
         if faults.groups_answer is not None and request.path.endswith("/groups"):
             return web.json_response({"data": faults.groups_answer})
         bulk = request.path.endswith("/snapshots") and "backup-id" not in request.query
+        if bulk:
+            faults.bulk_requests.append(request.query.get("ns", ""))
         if faults.snapshots_answer is not None and bulk:
             return web.json_response({"data": faults.snapshots_answer})
         m = _CHUNK_RE.search(request.path)
@@ -280,6 +284,8 @@ async def test_hostile_name_in_the_namespace_snapshot_listing_is_never_a_path(
         faults.snapshots_answer = [hostile]
         report = await http_pull(srv, remote, dst)
     assert report.ok, report.failure_message()
+    # a failed namespace-wide listing is not asked for again: once per namespace
+    assert faults.bulk_requests and len(set(faults.bulk_requests)) == len(faults.bulk_requests)
     assert not await asyncio.to_thread((dst.root.parent / "etc").exists)
     groups = await asyncio.to_thread(dst.list_groups, N(""))
     assert groups == await asyncio.to_thread(remote.store.list_groups, N("")) != []

@@ -658,10 +658,11 @@ class _PullRun:
                     for g, listed in snapshots.items()
                 ]
                 return _NsPlan(remote, local, items, snapshots)
+            bulk_source = False  # it failed once: list per group, do not ask again
         async with asyncio.TaskGroup() as tg:
             # ask for the snapshot listing while the group listing is on its way (the server
             # answers both in parallel) when every group is selected
-            bulk = tg.create_task(self._bulk_snapshots(remote)) if unfiltered else None
+            bulk = tg.create_task(self._bulk_snapshots(remote)) if unfiltered and bulk_source else None
             try:
                 groups: list[GroupItem] | None = await self.source.list_groups(remote)
             except AsyncSyncError as exc:
