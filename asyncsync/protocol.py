@@ -29,11 +29,14 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .datastore.manifest import FileEntry
 from .errors import InvalidInput, InvalidName, NotFound, RemoteError
 from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId, check_archive_name
+
+if TYPE_CHECKING:
+    from .datastore.datastore import SnapshotInfo
 
 API_PREFIX = "/api2/json"
 DEFAULT_PORT = 8007
@@ -211,6 +214,20 @@ class SnapshotItem:
             "owner": str(self.owner) if self.owner else None,
             "comment": self.comment,
         }
+
+    @classmethod
+    def from_info(cls, info: SnapshotInfo, owner: AuthId | None) -> SnapshotItem:
+        """The listing item of a local snapshot (:meth:`Datastore.list_snapshots`) owned by ``owner``."""
+        return cls(
+            info.snapshot,
+            tuple(info.files),
+            info.size,
+            info.protected,
+            info.verify_state,
+            owner,
+            info.comment,
+            info.manifest_digest,
+        )
 
     @classmethod
     def from_json(cls, obj: Any) -> SnapshotItem:

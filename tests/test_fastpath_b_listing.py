@@ -31,19 +31,7 @@ def reference_listing(ds: Datastore, ns: Namespace) -> list[protocol.SnapshotIte
     out = []
     for g in ds.list_groups(ns):
         owner = ds.get_owner(ns, g)
-        for i in ds.list_snapshots(ns, g):
-            out.append(
-                protocol.SnapshotItem(
-                    i.snapshot,
-                    tuple(i.files),
-                    i.size,
-                    i.protected,
-                    i.verify_state,
-                    owner,
-                    i.comment,
-                    i.manifest_digest,
-                )
-            )
+        out.extend(protocol.SnapshotItem.from_info(i, owner) for i in ds.list_snapshots(ns, g))
     return out
 
 

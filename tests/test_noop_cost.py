@@ -96,13 +96,7 @@ def reference_snapshots(ds: Datastore, ns: Namespace, only_for: AuthId | None) -
             owner = None
         if only_for is not None and not api.owns(owner, only_for):
             continue
-        for i in ds.list_snapshots(ns, g):
-            out.append(
-                SnapshotItem(
-                    i.snapshot, tuple(i.files), i.size, i.protected, i.verify_state, owner, i.comment,
-                    i.manifest_digest,
-                )
-            )  # fmt: skip
+        out.extend(SnapshotItem.from_info(i, owner) for i in ds.list_snapshots(ns, g))
     return out
 
 

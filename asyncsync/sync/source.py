@@ -233,19 +233,7 @@ class LocalSource:
 
     def _snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
         owner: AuthId | None = self.store.get_owner(ns, group)
-        return [
-            SnapshotItem(
-                i.snapshot,
-                tuple(i.files),
-                i.size,
-                i.protected,
-                i.verify_state,
-                owner,
-                i.comment,
-                i.manifest_digest,
-            )
-            for i in self.store.list_snapshots(ns, group)
-        ]
+        return [SnapshotItem.from_info(i, owner) for i in self.store.list_snapshots(ns, group)]
 
     async def list_snapshots(self, ns: Namespace, group: GroupId) -> list[SnapshotItem]:
         return await asyncio.to_thread(self._snapshots, ns, group)
