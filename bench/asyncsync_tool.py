@@ -104,13 +104,13 @@ def remote_plain_http_key() -> str | None:
 class AsyncsyncServer:
     """A running ``asyncsync serve`` (plain or TLS)."""
 
-    def __init__(self, inst: Installation, *, tls: bool, log: Path) -> None:
+    def __init__(self, inst: Installation, *, tls: bool, log: Path, extra_args: Sequence[str] = ()) -> None:
         args = ["serve", "--listen", "127.0.0.1:0", "--no-access-log"]
         if not tls:
             args.append("--no-tls")
-        self.server = Server(
-            f"asyncsync serve{'' if tls else ' --no-tls'}", inst.cmd(*args), log=log, env=inst.env
-        )
+        args += extra_args
+        label = " ".join(["asyncsync serve", *args[4:]])
+        self.server = Server(label, inst.cmd(*args), log=log, env=inst.env)
         self.tls = tls
         self.port = 0
         self.fingerprint: str | None = None
@@ -169,9 +169,12 @@ class Asyncsync:
         create_datastore(self.server_inst.paths, name, path, sync_level=SyncLevel.NONE)
         self._sources[name] = path
 
-    def start_server(self, *, tls: bool, log: Path) -> AsyncsyncServer:
-        """Start a server; call :meth:`AsyncsyncServer.wait_ready` before using it."""
-        return AsyncsyncServer(self.server_inst, tls=tls, log=log)
+    def start_server(self, *, tls: bool, log: Path, extra_args: Sequence[str] = ()) -> AsyncsyncServer:
+        """Start a server (``extra_args``: more ``serve`` options, e.g. ``--response-delay 25ms``).
+
+        Call :meth:`AsyncsyncServer.wait_ready` before using it.
+        """
+        return AsyncsyncServer(self.server_inst, tls=tls, log=log, extra_args=extra_args)
 
     def set_remote(self, name: str, port: int, fingerprint: str | None, *, tls: bool) -> None:
         """Create or replace remote ``name`` pointing at 127.0.0.1:``port``."""

@@ -318,8 +318,12 @@ class Bench:
         name_suffix: str = "",
         port_override: Callable[[AsyncsyncServer], int] | None = None,
         rate_in: str | None = None,
+        server: AsyncsyncServer | None = None,
     ) -> list[Tool]:
-        """Pulls over HTTPS and/or plain HTTP from this run's asyncsync servers."""
+        """Pulls over HTTPS and/or plain HTTP from this run's asyncsync servers.
+
+        ``server`` replaces the run's shared server (of the same transport) for these tools.
+        """
         a = self.asyncsync
         if a is None:
             return []
@@ -329,7 +333,7 @@ class Bench:
         verify = self.copy_verify(ds)
         for tls in transports:
             kind = "https" if tls else "http"
-            srv = self.servers[tls]
+            srv = server if server is not None else self.servers[tls]
             remote = _safe(f"{scenario}-{kind}{name_suffix}")
             port = port_override(srv) if port_override else srv.port
             a.set_remote(remote, port, srv.fingerprint, tls=tls)
@@ -546,13 +550,45 @@ class Bench:
         stack.append(srv.stop)
         return int(srv.wait_for_output(r"listening on (\d+)").group(1)), stats
 
+    def _delayed_server(self, stack: list[Callable[[], None]], delay_ms: float) -> AsyncsyncServer:
+        """A second ``asyncsync serve`` (HTTPS, same source datastores) with ``--response-delay``."""
+        a = self.asyncsync
+        assert a is not None
+        srv = a.start_server(
+            tls=True,
+            log=self.work / "logs" / "serve-https-delay.log",
+            extra_args=["--response-delay", f"{delay_ms:g}ms"],
+        )
+        stack.append(srv.stop)
+        return srv.wait_ready()
+
     def scenario_latency(self) -> None:
+        """asyncsync-https direct, then with the latency added (a) by the server itself, the target's
+        row: no extra process shares the cores; (b) by the delay proxy, in front of asyncsync and
+        rclone alike, the peer comparison (the proxy's CPU weighs on both)."""
         p = self.profile
         ds = self.ds["cold"]
         suffix = f"+{p.latency_ms:g}ms"
 
         def body(stack: list[Callable[[], None]]) -> None:
             tools = self.asyncsync_tools("latency", ds, store="cold", transports=(True,))
+            info: dict[str, Any] = {"delay_ms": p.latency_ms}
+            if self.asyncsync is not None:
+                try:
+                    delayed = self._delayed_server(stack, p.latency_ms)
+                except ToolFailed as exc:
+                    # the proxy rows can still run; the report falls back to them and says so
+                    info["server_delay_error"] = str(exc)
+                    self.log(f"  latency: the --response-delay server did not start: {exc}")
+                else:
+                    tools += self.asyncsync_tools(
+                        "latency",
+                        ds,
+                        store="cold",
+                        transports=(True,),
+                        name_suffix=suffix + "-server",
+                        server=delayed,
+                    )
             tools += self.asyncsync_tools(
                 "latency",
                 ds,
@@ -567,7 +603,7 @@ class Bench:
                 pport, _ = self._proxy(stack, c.port, p.latency_ms, "latency-proxy-rclone")
                 c.url = f"https://127.0.0.1:{pport}/"
                 tools.append(Tool("rclone-https" + suffix, c.copy, _fresh_dir, self.copy_verify(ds)))
-            self.run_tools("latency", ds, tools, delay_ms=p.latency_ms)
+            self.run_tools("latency", ds, tools, **info)
 
         self._with_stack(body)
 

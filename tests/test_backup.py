@@ -25,7 +25,7 @@ from asyncsync.config.datastores import create_datastore
 from asyncsync.config.paths import Paths
 from asyncsync.datastore.chunkstore import SyncLevel
 from asyncsync.datastore.datastore import Datastore
-from asyncsync.datastore.gc import DEFAULT_GRACE_SECONDS, parse_duration, run_gc
+from asyncsync.datastore.gc import DEFAULT_GRACE_SECONDS, run_gc
 from asyncsync.datastore.index import DynamicIndex
 from asyncsync.datastore.threads import CancelToken, OperationCancelled, run_cancellable
 from asyncsync.datastore.verify import run_verify
@@ -39,6 +39,7 @@ from asyncsync.errors import (
     PermissionDenied,
 )
 from asyncsync.names import ROOT_NS, AuthId, BackupType, GroupId, Namespace, SnapshotId
+from asyncsync.units import parse_duration
 
 SMALL = BackupOptions(chunk_size=64 * 1024, avg_chunk_size=16 * 1024)
 HOST = GroupId(BackupType.HOST, "web1")

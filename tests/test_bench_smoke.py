@@ -81,5 +81,13 @@ def test_bench_smoke_run_writes_results(tmp_path: Path) -> None:
         s["tools"]["asyncsync-https"]["summary"]["mib_s"] > 0 for s in sizes.values()
     )
     assert scenarios["ratelimit"]["achieved_rate"] > 0
+    # latency: the target's row has the delay added by the server itself (--response-delay), the
+    # proxy rows stay for the peer comparison
+    latency = scenarios["latency"]["tools"]
+    assert {"asyncsync-https", "asyncsync-https+25ms-server", "asyncsync-https+25ms"} <= latency.keys()
     targets = {t["target"]: t for t in results["targets"]}
     assert any(t.startswith("memory:") and v["met"] is not None for t, v in targets.items())
+    assert any(
+        t.startswith("latency:") and "--response-delay" in t and v["met"] is not None
+        for t, v in targets.items()
+    )

@@ -15,12 +15,12 @@ from ..backup.writer import ArchiveSource, BackupOptions
 from ..backup.writer import backup as make_backup
 from ..config.datastores import open_datastore
 from ..datastore.datastore import Datastore
-from ..datastore.gc import DEFAULT_GRACE_SECONDS, parse_duration
+from ..datastore.gc import DEFAULT_GRACE_SECONDS
 from ..datastore.gc import gc as collect_garbage
 from ..datastore.verify import verify as verify_store
 from ..errors import IntegrityError, InvalidInput
 from ..names import AuthId, GroupId, Namespace, SnapshotId, parse_time
-from ..units import format_size, parse_size
+from ..units import format_size, parse_duration, parse_size
 from .common import (
     byte_progress,
     get_paths,

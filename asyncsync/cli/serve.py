@@ -8,8 +8,11 @@ from pathlib import Path
 
 import click
 
+from ..errors import InvalidInput
 from ..server.app import DEFAULT_LISTEN, ServerInfo, ServerOptions, parse_listen, run_server
+from ..server.delay import MAX_RESPONSE_DELAY, check_response_delay
 from ..tls import CertPaths, cert_info, generate_certificate
+from ..units import parse_duration
 from .common import get_paths, output_format_option, print_json, run_async, warn
 
 
@@ -27,6 +30,15 @@ def _setup_logging(access_log: str | None, verbose: bool) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         access.addHandler(fh)
         access.propagate = False
+
+
+def _response_delay(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """``--response-delay``: a duration in seconds, or a usage error naming the option."""
+    try:
+        # no field prefix: click's message names the option already
+        return check_response_delay(parse_duration(value, field=""), field="")
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.message) from exc
 
 
 @click.command("serve")
@@ -73,6 +85,15 @@ def _setup_logging(access_log: str | None, verbose: bool) -> None:
     help="Close connections whose request headers are not complete within this many seconds (0: off).",
 )
 @click.option("--no-scheduler", is_flag=True, help="Serve only: do not run scheduled sync jobs.")
+@click.option(
+    "--response-delay",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    callback=_response_delay,
+    help="For benchmarks and tests: hold every HTTP response back this long (e.g. 25ms, at most "
+    f"{MAX_RESPONSE_DELAY:g}s), like a link with that much added latency. 0: off.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     listen: str,
@@ -84,6 +105,7 @@ def serve(
     shutdown_timeout: float,
     header_timeout: float,
     no_scheduler: bool,
+    response_delay: float,
     verbose: bool,
 ) -> None:
     """Serve every configured datastore to remotes over HTTPS until SIGTERM/SIGINT.
@@ -104,6 +126,7 @@ def serve(
         shutdown_timeout=shutdown_timeout,
         header_timeout=header_timeout,
         scheduler=not no_scheduler,
+        response_delay=response_delay,
     )
 
     def ready(info: ServerInfo) -> None:

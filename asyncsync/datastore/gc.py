@@ -23,7 +23,6 @@ that no longer run (:meth:`Datastore.cleanup_temp`).
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,25 +35,6 @@ from .threads import CancelToken, check, run_cancellable
 
 #: Proxmox's default: one day plus five minutes.
 DEFAULT_GRACE_SECONDS = 24 * 3600 + 5 * 60
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|min|s)?", re.IGNORECASE)
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1, "": 1}
-
-
-def parse_duration(value: str, *, field: str = "duration") -> float:
-    """``"24h5m"``, ``"90s"``, ``"2d"``, ``"0"``, ``"3600"`` (seconds) -> seconds."""
-    text = value.strip().replace(" ", "")
-    if not text:
-        raise InvalidInput(f"empty duration {value!r}", field=field)
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION_RE.match(text, pos)
-        if not m or m.end() == pos:
-            raise InvalidInput(f"invalid duration {value!r} (e.g. 24h5m, 90s, 2d)", field=field)
-        total += float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
-        pos = m.end()
-    return total
-
 
 @dataclass(slots=True)
 class GcReport:
@@ -155,4 +135,4 @@ async def gc(store: Datastore, *, grace_seconds: float = DEFAULT_GRACE_SECONDS) 
     return await run_cancellable(lambda token: run_gc(store, grace_seconds=grace_seconds, cancel=token))
 
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "GcReport", "gc", "parse_duration", "run_gc"]
+__all__ = ["DEFAULT_GRACE_SECONDS", "GcReport", "gc", "run_gc"]

@@ -13,7 +13,9 @@
 Middlewares, outermost first: the error middleware turns every exception into
 the JSON error envelope (an unexpected one into a 500 "internal error" whose
 details only go to the server log); the auth middleware authenticates the
-request (see :mod:`asyncsync.server.auth`).
+request (see :mod:`asyncsync.server.auth`). With
+:attr:`ServerOptions.response_delay` > 0 (benchmarks, tests) the delay
+middleware of :mod:`asyncsync.server.delay` runs outside them all.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
 
 from .. import protocol
 from ..access import AccessControl
@@ -37,6 +40,7 @@ from ..errors import AsyncSyncError, InvalidInput, PermissionDenied
 from ..tls import CertPaths, ensure_certificate, server_context
 from . import auth, config_api, datastore_api, jobs_api
 from .common import OPTIONS, READERS, ServerOptions, ok
+from .delay import response_delay_middleware
 from .keys import ACCESS, AUTH_ID, PATHS
 from .readers import ReaderRegistry
 
@@ -103,8 +107,12 @@ def make_app(
     config folder in a worker thread when the app starts.
     """
     opts = options or ServerOptions()
+    middlewares: list[Middleware] = [error_middleware, auth.auth_middleware]
+    if opts.response_delay:
+        # outermost, so that error answers (401, 404, ...) are held back like any other
+        middlewares.insert(0, response_delay_middleware(opts.response_delay))
     app = web.Application(
-        middlewares=[error_middleware, auth.auth_middleware],
+        middlewares=middlewares,
         client_max_size=opts.client_max_size,
     )
     app[PATHS] = paths

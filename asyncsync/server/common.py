@@ -45,6 +45,9 @@ class ServerOptions:
     access_log: bool = True
     #: run scheduled sync jobs in this server (``asyncsync serve`` unless --no-scheduler)
     scheduler: bool = False
+    #: benchmarks and tests: hold every request back this many seconds before its handler
+    #: runs, like a link with that much added latency (0: off, no middleware installed)
+    response_delay: float = 0.0
 
 
 OPTIONS: web.AppKey[ServerOptions] = web.AppKey("options", ServerOptions)
