@@ -4,7 +4,14 @@ Rounds are interleaved (round 1 of every tool, then round 2 of every tool, …)
 so that drift of a shared machine hits all tools alike; ratios are only taken
 between tools measured in the same run. Before each measured run the target's
 file system is flushed (``syncfs``, untimed), so no tool pays for another's
-dirty pages.
+dirty pages; after it, once verified, the target is removed (untimed, except
+where the next round needs it: the noop targets), so each tool writes into
+memory that the page cache has just given back, never into memory the tools
+before it left full. On this VM that matters: 2 GiB of new files written into
+memory not recycled from a just-removed target cost a pull 3–6 s of system time
+instead of 1.2–1.5 s (the host takes back guest memory that lies free;
+docs/performance.md, "Session 4"), and it fell on whichever tools ran last in
+a round.
 """
 
 from __future__ import annotations
@@ -199,6 +206,8 @@ class Bench:
                     self.log(f"  {scenario}/{tool.name} round {r + 1}: FAILED: {problem.splitlines()[0]}")
                     continue
                 assert run is not None
+                if tool.reset is not _keep:
+                    _rm(target)  # untimed: the next tool reuses the memory this target held
                 entry["rounds"].append(run.to_json())
                 self.log(
                     f"  {scenario}/{tool.name} round {r + 1}: {run.wall_s:.2f} s, "

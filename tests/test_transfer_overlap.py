@@ -1,7 +1,7 @@
 """Work a pull does side by side, with outcomes as if done in sequence.
 
 A snapshot's chunks: the ones no local snapshot references are fetched at once, while the
-trusted local ones are checked (stat + utime) in a worker thread; the trusted ones found
+trusted local ones are checked (one utime each) in a worker thread; the trusted ones found
 missing are fetched after the check. The quick temp cleanup runs beside the listings."""
 
 from __future__ import annotations
@@ -72,6 +72,27 @@ def test_missing_trusted_chunk_is_fetched_and_the_rest_reused(src: Datastore, ds
     assert store_tree(dst) == store_tree(src)
     assert chunk_files(dst) == chunk_files(src)
     assert leftovers(dst) == []
+
+
+def test_reused_trusted_chunks_are_touched_for_gc(src: Datastore, dst: Datastore) -> None:
+    """The presence check is the touch: every reused chunk's mtime is refreshed, so a garbage
+    collection running meanwhile keeps it; a chunk that is not reused keeps its old mtime."""
+    shared = _two_snapshots(src)
+    assert _pull(LocalSource(src), dst).ok
+    add_snapshot(src, "", GROUP, T0 + DAY, shared=shared, chunks=3)
+    old = 1_000_000_000  # 2001
+    for digest in chunk_files(dst):
+        os.utime(dst.chunks.path(digest), (old, old))
+    reused = {blob.digest_of(c) for c in shared}
+    report = _pull(LocalSource(src), dst)
+    assert report.ok, report.failure_message()
+    assert report.chunks_reused >= len(reused)
+    for digest in chunk_files(dst):
+        mtime = os.stat(dst.chunks.path(digest)).st_mtime
+        if digest in reused:
+            assert mtime > old + DAY, digest
+    untouched = [d for d in chunk_files(dst) if os.stat(dst.chunks.path(d)).st_mtime == old]
+    assert untouched  # snapshot 1's own chunks, not in snapshot 2: not touched
 
 
 def test_a_failing_presence_check_fails_the_group_and_leaves_nothing(

@@ -246,22 +246,28 @@ def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def _present_and_touch(store: Datastore, digests: Sequence[bytes]) -> set[bytes]:
     """Those of ``digests`` present in the chunk store; their mtime is refreshed so that
-    a garbage collection running concurrently keeps them (as Proxmox does)."""
-    # ChunkStore.exists + touch, without re-validating hex made here from raw digests
-    # (thousands of chunks per snapshot: the checks and Path objects cost more than the syscalls)
+    a garbage collection running concurrently keeps them (as Proxmox does).
+
+    Presence is the touch itself: one ``utime`` per chunk, no ``stat`` (Proxmox's
+    ``cond_touch_chunk`` likewise). ``digests`` are *trusted* chunks, referenced by
+    the owner's newest local snapshot and written whole by an atomic rename; a
+    file damaged since is the verify job's to find, as it already is for that
+    snapshot. (The write path, for every other chunk, still treats a file of
+    implausible size as absent and replaces it.) Measured on the incremental
+    rig: 8,300 chunks, stat + utime 60 ms, utime alone 36 ms, on the critical
+    path of an incremental pull.
+    """
+    # raw digests made into paths directly (thousands of chunks per snapshot: validation and
+    # Path objects would cost more than the syscalls)
     base = str(store.chunks.base)
     out = set()
     for d in digests:
         h = d.hex()
-        path = f"{base}/{h[:4]}/{h}"
         try:
-            size = os.stat(path).st_size
+            os.utime(f"{base}/{h[:4]}/{h}")
         except FileNotFoundError:
             continue
-        if blobcodec.encoded_size_ok(size):
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(path)
-            out.add(d)
+        out.add(d)
     return out
 
 
