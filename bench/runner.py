@@ -7,11 +7,12 @@ file system is flushed (``syncfs``, untimed), so no tool pays for another's
 dirty pages; after it, once verified, the target is removed (untimed, except
 where the next round needs it: the noop targets), so each tool writes into
 memory that the page cache has just given back, never into memory the tools
-before it left full. On this VM that matters: 2 GiB of new files written into
-memory not recycled from a just-removed target cost a pull 3–6 s of system time
-instead of 1.2–1.5 s (the host takes back guest memory that lies free;
-docs/performance.md, "Session 4"), and it fell on whichever tools ran last in
-a round.
+before it left full (targets of many files are moved aside instead and their
+page cache dropped, see ``DEFER_REMOVAL_CHUNKS``). On this VM the memory
+matters: 2 GiB of new files written into memory not recycled from a
+just-removed target cost a pull 3–6 s of system time instead of 1.2–1.5 s (the
+host takes back guest memory that lies free; docs/performance.md, "Session
+4"), and it fell on whichever tools ran last in a round.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ from .procs import Run, Server, ToolFailed, run_measured, tail
 from .tlsutil import self_signed
 
 KiB = 1024
+#: A target of at least this many chunks is moved aside after its run, and all are removed when
+#: the scenario ends. This machine's root file system is an ext4 without a journal: its inode
+#: allocator skips every free inode deleted less than 60 s ago, checking each in the buffer cache,
+#: so right after a removal of 16,000 files, creating 16,000 new ones cost 17-21 s of system time
+#: instead of 3.4 s after a 65 s pause (``perf``: find_get_block_common, recently_deleted,
+#: find_inode_bit, ext4_get_group_desc: 73 % of it). Whichever tool ran next paid.
+DEFER_REMOVAL_CHUNKS = 2000
+#: ext4's "recently deleted" window for a flushed inode-table block (60 s), plus a margin
+RECENTLY_DELETED_S = 61.0
 SCENARIOS = ("limits", "cold", "small", "incremental", "noop", "latency", "ratelimit", "scale")
 
 
@@ -185,6 +195,7 @@ class Bench:
             "tools": {t.name: {"unit": t.unit, "rounds": [], "error": None} for t in tools},
         }
         failed: set[str] = set()
+        graveyard = self.work / "set-aside" / scenario
         for r in range(self.rounds):
             for tool in tools:
                 if tool.name in failed:
@@ -206,8 +217,13 @@ class Bench:
                     self.log(f"  {scenario}/{tool.name} round {r + 1}: FAILED: {problem.splitlines()[0]}")
                     continue
                 assert run is not None
-                if tool.reset is not _keep:
-                    _rm(target)  # untimed: the next tool reuses the memory this target held
+                if tool.reset is not _keep:  # untimed
+                    if ds.chunks >= DEFER_REMOVAL_CHUNKS:
+                        self._set_aside(
+                            target, graveyard / f"{tool.name}-{r + 1}", drop_cache=ds.base is None
+                        )
+                    else:
+                        _rm(target)  # the next tool reuses the memory this target held
                 entry["rounds"].append(run.to_json())
                 self.log(
                     f"  {scenario}/{tool.name} round {r + 1}: {run.wall_s:.2f} s, "
@@ -222,8 +238,33 @@ class Bench:
             del name
         for t in tools:
             shutil.rmtree(self.work / "targets" / scenario / t.name, ignore_errors=True)
+        if graveyard.exists():
+            _rm(graveyard)
+            syncfs(self.work)
+            self.log(f"  (removed the set-aside targets; {RECENTLY_DELETED_S:.0f} s for ext4 to forget them)")
+            time.sleep(RECENTLY_DELETED_S)
         self.results["scenarios"][scenario] = out
         return out
+
+    def _set_aside(self, target: Path, to: Path, *, drop_cache: bool) -> None:
+        """Move a target with many files out of the way instead of removing it (see
+        :data:`DEFER_REMOVAL_CHUNKS`); with ``drop_cache`` its page cache is released
+        at once, so that, as after a removal, the next tool writes into memory just
+        given back. (Not for targets hard-linked to a template: their inodes are the
+        template's and the source's too.)"""
+        if not target.exists():  # the limits (http-get, https-get) write nothing
+            return
+        to.parent.mkdir(parents=True, exist_ok=True)
+        target.rename(to)
+        if drop_cache:
+            syncfs(to)  # dirty pages cannot be dropped
+            for folder, _, files in os.walk(to):
+                for name in files:
+                    fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    finally:
+                        os.close(fd)
 
     # ---- tool factories ------------------------------------------------------
 
