@@ -829,8 +829,8 @@ class _PullRun:
         Only trusted local chunks are reused (and touched, so a concurrent gc keeps them).
         A chunk outside the trusted set is fetched whatever the store holds, so those
         transfers start at once, while the trusted ones are checked in a worker thread
-        (one stat and one utime each: on an incremental pull of a 98 %-shared snapshot
-        that check took as long as fetching the new chunks); the trusted chunks found
+        (one utime each: on an incremental pull of a 98 %-shared snapshot that check
+        takes about as long as fetching the new chunks); the trusted chunks found
         missing are fetched after it.
         """
         trusted = await self._trusted_set()
