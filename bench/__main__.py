@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .procs import install_stop_handler, stop_all
 from .report import write
 from .runner import PROFILES, SCENARIOS, Bench
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         install_peers=not (args.smoke or args.no_install),
     )
     t0 = time.perf_counter()
+    install_stop_handler()
     try:
         bench.prepare()
         results = bench.run(names)
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
         paths = write(results, args.results_dir)
     finally:
+        stop_all()
         if not args.keep:
             for t in temps:
                 shutil.rmtree(t, ignore_errors=True)

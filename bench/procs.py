@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,15 +106,17 @@ def run_measured(
     with open(log, "ab") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
-        proc = subprocess.Popen(
-            [sys.executable, "-S", "-I", str(_SPAWN), str(usage_file), *cmd],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        with _starting():
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-I", str(_SPAWN), str(usage_file), *cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+            _TOOLS.add(proc)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -122,6 +124,11 @@ def run_measured(
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise ToolFailed(f"{Path(cmd[0]).name} did not finish in {timeout:.0f} s:\n{tail(log)}") from None
+        except BaseException:  # the bench is stopping (SIGTERM, Ctrl-C): take the tool with it
+            _kill_tool(proc)
+            raise
+        finally:
+            _TOOLS.discard(proc)
     if check and proc.returncode != 0:
         raise ToolFailed(f"{Path(cmd[0]).name} exited with {proc.returncode}:\n{tail(log)}")
     try:
@@ -151,6 +158,63 @@ def proc_peak_rss_kib(pid: int) -> int | None:
     return int(m.group(1)) if m else None
 
 
+class _Stop:
+    """SIGTERM as :class:`SystemExit`, held back while a child process is being started."""
+
+    depth = 0
+    pending: int | None = None
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if _Stop.depth:
+        _Stop.pending = signum  # raised when the child is started and registered
+        return
+    raise SystemExit(128 + signum)
+
+
+def install_stop_handler() -> None:
+    """Make SIGTERM unwind the bench (its ``finally`` blocks stop what it started) instead of
+    ending the process at once, which would leave its servers and peers running."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextlib.contextmanager
+def _starting() -> Iterator[None]:
+    """Around a ``Popen`` and its registration: a SIGTERM meanwhile takes effect after it, so
+    no child is ever started that nobody will stop."""
+    _Stop.depth += 1
+    try:
+        yield
+    finally:
+        _Stop.depth -= 1
+        if not _Stop.depth and _Stop.pending is not None:
+            signum, _Stop.pending = _Stop.pending, None
+            raise SystemExit(128 + signum)
+
+
+#: every :class:`Server` started and not yet stopped (see :func:`stop_all`)
+_LIVE: set[Server] = set()
+#: every measured tool (:func:`run_measured`) running now
+_TOOLS: set[subprocess.Popen[bytes]] = set()
+
+
+def _kill_tool(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def stop_all() -> None:
+    """Stop every server and measured tool still running: the bench's last ``finally``, after
+    the scenarios' own clean-up, so that nothing outlives it even if it stopped between two
+    steps (a SIGTERM right after a child was started, before its owner registered it)."""
+    for proc in list(_TOOLS):
+        _kill_tool(proc)
+    for srv in list(_LIVE):
+        with contextlib.suppress(Exception):
+            srv.stop()
+
+
 class Server:
     """A long-running child process (a server), its log in a file, stopped by :meth:`stop`."""
 
@@ -171,15 +235,17 @@ class Server:
         self._offset = self._out.tell()
         self._out.write(("$ " + " ".join(self.cmd) + "\n").encode())
         self._out.flush()
-        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            self.cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        with _starting():
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+            _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"Server({self.name!r}, pid={self.proc.pid})"
@@ -219,6 +285,7 @@ class Server:
         return proc_peak_rss_kib(self.proc.pid)
 
     def stop(self) -> None:
+        _LIVE.discard(self)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -252,10 +319,12 @@ __all__ = [
     "Server",
     "ToolFailed",
     "free_port",
+    "install_stop_handler",
     "measure_with_server",
     "proc_cpu_s",
     "proc_peak_rss_kib",
     "run_measured",
+    "stop_all",
     "tail",
     "wait_port",
 ]

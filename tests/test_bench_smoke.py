@@ -91,3 +91,67 @@ def test_bench_smoke_run_writes_results(tmp_path: Path) -> None:
         t.startswith("latency:") and "--response-delay" in t and v["met"] is not None
         for t, v in targets.items()
     )
+
+
+def _processes_mentioning(marker: str) -> list[int]:
+    """Pids of live processes whose command line or environment contains ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{entry}/{part}", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+                        break
+            except OSError:  # gone, or not ours to read
+                break
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_bench_and_everything_it_started(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a run: the runner exits and leaves no server, peer or
+    measured tool behind (every process it started names its work or data folder)."""
+    env = dict(os.environ)
+    env.pop("ASYNCSYNC_CONFIG_DIR", None)
+    env.pop("ASYNCSYNC_STATE_DIR", None)
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--smoke",
+            "--scenario",
+            "cold",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--work-dir",
+            str(work),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # the servers are up once this line is printed
+        seen.append(line)
+        if line.startswith("asyncsync servers:"):
+            break
+    else:
+        pytest.fail("the bench ended before starting its servers:\n" + "".join(seen))
+    assert _processes_mentioning(str(tmp_path)), "the servers should be running now"
+    proc.terminate()
+    proc.stdout.read()
+    proc.stdout.close()
+    assert proc.wait(60) == 128 + 15
+    left = _processes_mentioning(str(tmp_path))
+    assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
