@@ -9,8 +9,10 @@ verified result with a positive throughput.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -154,4 +156,9 @@ def test_sigterm_stops_the_bench_and_everything_it_started(tmp_path: Path) -> No
     proc.stdout.close()
     assert proc.wait(60) == 128 + 15
     left = _processes_mentioning(str(tmp_path))
-    assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+    try:
+        assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+    finally:
+        for pid in left:  # a failed run must not leave them behind either
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
