@@ -120,9 +120,7 @@ def run_measured(
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill_tool(proc)
             raise ToolFailed(f"{Path(cmd[0]).name} did not finish in {timeout:.0f} s:\n{tail(log)}") from None
         except BaseException:  # the bench is stopping (SIGTERM, Ctrl-C): take the tool with it
             _kill_tool(proc)

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .runner import DEFER_REMOVAL_CHUNKS, RECENTLY_DELETED_S
+
 MiB = 1024 * 1024
 MEMORY_LIMIT_MIB = 200.0
 ASYNCSYNC = ("asyncsync-https", "asyncsync-http")
@@ -375,9 +377,9 @@ def to_markdown(results: dict[str, Any]) -> str:
         "the target is "
         "emptied (cold) or reset to the pre-synced state (incremental) before each round and its file system "
         "flushed, untimed. Targets are checked after every round (chunk and snapshot counts), then removed, "
-        "or, with 2,000 chunks or more, set aside (page cache dropped) and removed when the scenario ends, "
-        "followed by a 61 s pause (ext4 without a journal scans inodes deleted in the last 60 s), untimed. "
-        "See docs/performance.md.",
+        f"or, with {DEFER_REMOVAL_CHUNKS:,} chunks or more, set aside (page cache dropped) and removed when "
+        f"the scenario ends, followed by a {RECENTLY_DELETED_S:.0f} s pause (ext4 without a journal scans "
+        "inodes deleted in the last 60 s), untimed. See docs/performance.md.",
         "",
     ]
     return "\n".join(lines)

@@ -244,6 +244,17 @@ def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0]
 
 
+@contextlib.asynccontextmanager
+async def _task_group() -> AsyncIterator[asyncio.TaskGroup]:
+    """An :class:`asyncio.TaskGroup` whose failure surfaces as its first real error
+    (:func:`_first_error`), not as an exception group: the callers report one error."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            yield tg
+    except BaseExceptionGroup as eg:
+        raise _first_error(eg) from None
+
+
 def _present_and_touch(store: Datastore, digests: Sequence[bytes]) -> set[bytes]:
     """Those of ``digests`` present in the chunk store; their mtime is refreshed so that
     a garbage collection running concurrently keeps them (as Proxmox does).
@@ -572,16 +583,13 @@ class _PullRun:
                     f"({opts.remote_ns!s} and {opts.ns!s})",
                     field="ns",
                 )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                if opts.clean_temp:
-                    # only the temp folders (O(temp files)); gc does the full O(chunks) scan. It
-                    # runs while the listings are on their way: it removes only what dead
-                    # processes left, which neither the listings nor creating namespaces touch
-                    tg.create_task(run_write(functools.partial(self.target.cleanup_temp, full=False)))
-                plans, work = await self._plan(nsmap)
-        except BaseExceptionGroup as eg:
-            raise _first_error(eg) from None
+        async with _task_group() as tg:
+            if opts.clean_temp:
+                # only the temp folders (O(temp files)); gc does the full O(chunks) scan. It
+                # runs while the listings are on their way: it removes only what dead
+                # processes left, which neither the listings nor creating namespaces touch
+                tg.create_task(run_write(functools.partial(self.target.cleanup_temp, full=False)))
+            plans, work = await self._plan(nsmap)
 
         order = {(p.local, g): i for i, (p, g) in enumerate(work)}
         work = await self._settle_unchanged(work)
@@ -834,19 +842,21 @@ class _PullRun:
         missing are fetched after it.
         """
         trusted = await self._trusted_set()
-        fresh = {d: size for d, size in needed.items() if d not in trusted}
-        known = [d for d in needed if d in trusted]
+        fresh: dict[bytes, int] = {}
+        known: list[bytes] = []
+        for d, size in needed.items():
+            if d in trusted:
+                known.append(d)
+            else:
+                fresh[d] = size
         # chunks this run already stored stay in the fetch, which counts them as deduplicated
         candidates = [d for d in known if not self.pool.is_done(d)]
-        try:
-            async with asyncio.TaskGroup() as tg:
-                first = tg.create_task(self._fetch_needed(reader, fresh))
-                present: set[bytes] = set()
-                if candidates:
-                    present = await run_write(_present_and_touch, self.target, candidates)
-                outcome = await self._fetch_needed(reader, {d: needed[d] for d in known if d not in present})
-        except BaseExceptionGroup as eg:
-            raise _first_error(eg) from None
+        async with _task_group() as tg:
+            first = tg.create_task(self._fetch_needed(reader, fresh))
+            present: set[bytes] = set()
+            if candidates:
+                present = await run_write(_present_and_touch, self.target, candidates)
+            outcome = await self._fetch_needed(reader, {d: needed[d] for d in known if d not in present})
         outcome.add(first.result())
         self.report.chunks_reused += len(present) + outcome.deduplicated
         return outcome, len(present)
