@@ -174,6 +174,64 @@ def test_a_manifest_rewritten_between_listings_is_never_served_stale(tmp_path: P
     assert entry["manifest-digest"] == ds.manifest_digest(NS_A, snap)
 
 
+def _listed(ds: Datastore, cache: api.ManifestCache) -> list[SnapshotItem]:
+    items = api._snapshots_blocking(ds, ROOT_NS, None, None, cache)
+    assert items == reference_snapshots(ds, ROOT_NS, None)
+    return items
+
+
+def test_manifests_unchanged_since_the_last_listing_are_served_by_their_stat(tmp_path: Path) -> None:
+    ds = tricky_source(tmp_path / "src")
+    cache = api.ManifestCache(racy_ns=0)  # the files were just written: trust their times at once
+    first = _listed(ds, cache)
+    assert cache.stat_hits == 0
+    misses, hits = cache.misses, cache.hits
+    second = _listed(ds, cache)
+    assert second == first
+    # every committed manifest (the corrupt one included) came from its stat: none was read
+    assert cache.stat_hits == len(first)
+    assert (cache.misses, cache.hits) == (misses, hits)
+
+
+def test_manifests_written_moments_ago_are_read_every_time(tmp_path: Path) -> None:
+    # the default racy interval: files younger than it may still change within one clock tick
+    ds = tricky_source(tmp_path / "src")
+    cache = api.ManifestCache()
+    _listed(ds, cache)
+    hits = cache.hits
+    items = _listed(ds, cache)
+    assert cache.stat_hits == 0
+    assert cache.hits == hits + len(items)  # read again, decoded from the content cache
+
+
+def test_a_changed_manifest_is_never_served_by_a_stale_stat(tmp_path: Path) -> None:
+    ds = tricky_source(tmp_path / "src")
+    cache = api.ManifestCache(racy_ns=0)
+    _listed(ds, cache)
+    snap = SnapshotId(GroupId.parse("vm/100"), T0 + 3600)
+    # replaced by rename (new inode), as every asyncsync writer does
+    ds.update_unprotected(ROOT_NS, snap, notes="renamed into place")
+    # changed in place (same inode, other size): a hand edit
+    other = SnapshotId(GroupId.parse("host/h-1"), T0)
+    with open(ds.snapshot_path(ROOT_NS, other) / MANIFEST_NAME, "ab") as f:
+        f.write(b"!")
+    items = {i.snapshot: i for i in _listed(ds, cache)}
+    assert items[snap].comment == "renamed into place"
+    assert items[snap].manifest_digest == ds.manifest_digest(ROOT_NS, snap)
+    assert items[other].verify_state == "corrupt" and items[other].manifest_digest is None
+
+
+def test_the_stat_layer_is_bounded(tmp_path: Path) -> None:
+    ds = tricky_source(tmp_path / "src")
+    cache = api.ManifestCache(2, racy_ns=0)
+    items = _listed(ds, cache)
+    assert len(items) > 2
+    assert len(cache._by_path) == 2 and len(cache) <= 2
+    _listed(ds, cache)
+    with pytest.raises(InvalidInput):
+        api.ManifestCache(racy_ns=-1)
+
+
 _names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,12}\.(fidx|didx|blob)", fullmatch=True)
 
 

@@ -24,12 +24,14 @@ import functools
 import json
 import logging
 import os
+import stat
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -304,24 +306,45 @@ class ManifestCache:
     depends on the snapshot's path, so equal manifests in two datastores share
     an entry, which is right for the same reason.
 
-    Bounded to ``max_entries`` (least recently used out; ≈ 1 KiB each for
-    manifests with a few archives, their encoded JSON included). A listing larger
-    than the bound still works, with fewer hits. Thread-safe: listings run in
-    worker threads concurrently.
+    A second, path-keyed layer (:meth:`facts_at`) spares a listing the read and
+    the hash of manifests that have not changed since an earlier listing: one
+    ``stat`` per manifest instead of open, fstat, read, close and blake3. Its key
+    is the file's (device, inode, size, mtime, ctime), and it is only trusted
+    for files whose times were at least :data:`RACY_NS` old when they were read
+    (see :meth:`facts_at` for why that cannot serve stale facts either).
+
+    Bounded to ``max_entries`` in each layer (least recently used out; ≈ 1 KiB
+    each for manifests with a few archives, their encoded JSON included; the
+    path layer adds a path and a key). A listing larger than the bound still
+    works, with fewer hits. Thread-safe: listings run in worker threads
+    concurrently.
     """
 
-    def __init__(self, max_entries: int = 32768) -> None:
+    #: a file changed less than this long (ns) before it is read is never served by its
+    #: stat alone: file times come from a coarse clock, so two writes within one tick may
+    #: leave the same times (the rule git uses for "racily clean" index entries)
+    RACY_NS: Final = 2_000_000_000
+
+    def __init__(self, max_entries: int = 32768, *, racy_ns: int = RACY_NS) -> None:
         if max_entries < 1:
             raise InvalidInput("must be at least 1", field="max-entries")
+        if racy_ns < 0:
+            raise InvalidInput("must not be negative", field="racy-ns")
         self.max_entries = max_entries
+        #: see RACY_NS (tests lower it to exercise the path layer on files they just wrote)
+        self.racy_ns = racy_ns
         self._entries: dict[str, ManifestFacts] = {}
+        #: path -> (stat key, facts): the path layer (see facts_at)
+        self._by_path: dict[str, tuple[_StatKey, ManifestFacts]] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        #: listings' manifests served by their stat alone
+        self.stat_hits = 0
 
     def __repr__(self) -> str:
         size = f"{len(self._entries)}/{self.max_entries}"
-        return f"ManifestCache({size}, hits={self.hits}, misses={self.misses})"
+        return f"ManifestCache({size}, hits={self.hits}, misses={self.misses}, stat_hits={self.stat_hits})"
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -344,14 +367,63 @@ class ManifestCache:
                 del entries[next(iter(entries))]
         return facts
 
+    def facts_at(self, path: str) -> ManifestFacts | None:
+        """The listing facts of the manifest file at ``path``; None if there is none there
+        (not committed, removed meanwhile, not a regular file). Blocking.
+
+        Served by one ``stat`` when the file's key (device, inode, size, mtime,
+        ctime) is the one recorded when these facts were read from it; otherwise
+        the bytes are read and go through :meth:`facts`, as without this layer.
+        A read is recorded only if the file's key was the same before and after
+        the read (it did not change meanwhile) and both its times were more than
+        :attr:`racy_ns` (default :data:`RACY_NS`) old before it. Any later change to the file, in place or
+        by a rename over it, sets its ctime to the clock at that moment, which is
+        then later than the recorded ctime by more than a clock tick; and ctime
+        cannot be set by users. So a recorded key never matches changed content
+        (barring the system clock being set back).
+        """
+        now = time.time_ns()
+        try:
+            before = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            before = None  # the read below meets the same problem and reports it as before
+        key = _stat_key(before) if before is not None and stat.S_ISREG(before.st_mode) else None
+        if key is not None:
+            with self._lock:
+                hit = self._by_path.pop(path, None)
+                if hit is not None and hit[0] == key:
+                    self._by_path[path] = hit  # most recently used last
+                    self.stat_hits += 1
+                    return hit[1]
+        raw = fastread.read_small(path)
+        if raw is None:
+            return None
+        facts = self.facts(raw)
+        if key is not None and max(key[3], key[4]) < now - self.racy_ns:
+            try:
+                after = os.stat(path)
+            except OSError:
+                return facts
+            if _stat_key(after) == key:
+                with self._lock:
+                    self._by_path[path] = (key, facts)
+                    while len(self._by_path) > self.max_entries:
+                        del self._by_path[next(iter(self._by_path))]
+        return facts
+
+
+#: what identifies one version of a file: (device, inode, size, mtime ns, ctime ns)
+_StatKey = tuple[int, int, int, int, int]
+
+
+def _stat_key(st: os.stat_result) -> _StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 #: the server's manifest cache (one per application; see :class:`ManifestCache`)
 MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("manifest_cache", ManifestCache)
-
-
-def _read_manifest(folder: str) -> bytes | None:
-    """The manifest bytes of a snapshot folder, or None if it has none (not committed, removed)."""
-    return fastread.read_small(f"{folder}/{MANIFEST_NAME}")
 
 
 #: one group of a group listing: (group, owner, times of its committed snapshots)
@@ -405,13 +477,14 @@ def _snapshot_rows(
 ) -> list[_SnapshotRow]:
     """The committed snapshots of one group (or all groups of ``ns``) the caller may see, per
     group; manifests decoded through ``cache``. Per group: one try-open of ``owner``, one
-    scandir; per snapshot: one try-open of the manifest, one access() for ``.protected``."""
+    scandir; per snapshot: one stat of the manifest (and a read of it unless the cache
+    knows that version: :meth:`ManifestCache.facts_at`), one access() for ``.protected``."""
     if not ds.namespace_exists(ns):
         raise NotFound(f"namespace {ns} does not exist")
     ns_dir = str(ds.ns_path(ns))
     groups = [group] if group is not None else _list_groups(ns_dir)
     out: list[_SnapshotRow] = []
-    facts_of = cache.facts
+    facts_at = cache.facts_at
     exists = os.access
     for g in groups:
         gdir = fastread.group_dir(ns_dir, g)
@@ -424,11 +497,11 @@ def _snapshot_rows(
         snaps = []
         for name, t in fastread.snapshot_folders(gdir):
             folder = f"{gdir}/{name}"
-            raw = _read_manifest(folder)
-            if raw is None:
+            fx = facts_at(f"{folder}/{MANIFEST_NAME}")
+            if fx is None:
                 continue  # not committed (or removed meanwhile)
             # access(): no exception object for the usual absent marker (as os.path.exists)
-            snaps.append((t, facts_of(raw), exists(f"{folder}/{PROTECTED_MARKER}", os.F_OK)))
+            snaps.append((t, fx, exists(f"{folder}/{PROTECTED_MARKER}", os.F_OK)))
         if snaps:
             out.append((g, owner, snaps))
     if group is not None and not out and not os.path.isdir(fastread.group_dir(ns_dir, group)):
