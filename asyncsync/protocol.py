@@ -231,24 +231,33 @@ class SnapshotItem:
 
     @classmethod
     def from_json(cls, obj: Any) -> SnapshotItem:
+        # called once per snapshot of a namespace-wide listing (thousands on a pull with nothing
+        # new): one bound ``get``, and no call for an absent optional digest
         try:
-            files = tuple(
-                [
-                    FileEntry(_archive_name(f["filename"]), int(f["size"]), str(f["csum"]))
-                    for f in obj.get("files") or ()
-                ]
+            get = obj.get
+            raw_files = get("files")
+            files = (
+                tuple(
+                    [
+                        FileEntry(_archive_name(f["filename"]), int(f["size"]), str(f["csum"]))
+                        for f in raw_files
+                    ]
+                )
+                if raw_files
+                else ()
             )
-            verification = obj.get("verification")
-            owner = obj.get("owner")
+            verification = get("verification")
+            owner = get("owner")
+            digest = get("manifest-digest")
             return cls(
                 SnapshotId(_group_of(obj["backup-type"], obj["backup-id"]), int(obj["backup-time"])),
                 files,
-                int(obj.get("size") or 0),
-                bool(obj.get("protected", False)),
+                int(get("size") or 0),
+                bool(get("protected", False)),
                 verification.get("state") if isinstance(verification, dict) else None,
                 _auth_of(owner) if owner else None,
-                obj.get("comment"),
-                _optional_digest(obj.get("manifest-digest")),
+                get("comment"),
+                None if digest is None else _optional_digest(digest),
             )
         except (KeyError, TypeError, ValueError, AttributeError, InvalidName) as exc:
             raise _bad("snapshot", exc) from exc

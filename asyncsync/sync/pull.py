@@ -5,7 +5,9 @@ Pipeline (see ``docs/architecture.md`` for the why)::
     clean stale temp files of dead writers
     list remote namespaces under remote-ns → map under ns (refuse too-deep trees
       before any transfer) → create missing local namespaces
-    list groups per namespace → group filter
+    list groups per namespace (or all its snapshots at once) → group filter;
+      meanwhile the prescan reads each local group's state under its lock
+    pre-check: groups with nothing to do are settled (in memory where prescanned)
     group workers (group-workers at a time), per group:
       take the group lock (a second pull of the same group refuses)
       owner: a new group gets the job owner; another owner → skipped, reported
@@ -50,7 +52,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,7 +76,6 @@ from ..errors import (
 from ..names import ROOT_AUTH_ID, ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
 from ..protocol import GroupItem, SnapshotItem
 from ..units import format_rate, format_size
-from .fetch import FetchOutcome, FetchPool
 from .groupfilter import GroupFilters
 from .journal import ResumeJournal
 from .nsmap import NamespaceMap
@@ -86,13 +87,20 @@ from .threads import run_acquire, run_write
 
 if TYPE_CHECKING:
     from ..config.syncjobs import SyncJobConfig
+    from .fetch import FetchOutcome, FetchPool
 
 logger = logging.getLogger("asyncsync.sync")
 
 MiB = 1024 * 1024
 
-#: groups checked per thread hop by the unchanged-group pre-check (bounds one hop's duration)
+#: groups checked per thread hop by the unchanged-group pre-check and read per hop by its
+#: prescan (bounds one hop's duration)
 SETTLE_BATCH = 256
+
+#: most local snapshots the prescan keeps in memory per run (a group counts at least one;
+#: measured: ≈ 600 bytes per group of one snapshot, ≈ 75 per snapshot of larger groups, so
+#: at most ≈ 10 MB); groups beyond it are read by the pre-check once the listing is here
+PRESCAN_MAX_SNAPSHOTS = 16384
 
 #: chunks handed to the fetch pool per call: bounds the hex digest lists the pool
 #: works with (its API takes hex); large enough that the pause between calls is rare
@@ -386,12 +394,15 @@ def _begin_group(
     return lock, actual, local
 
 
-def _local_state(gdir: str) -> dict[int, str | None]:
+def _local_state(gdir: str, older: bool = True) -> dict[int, str | None]:
     """The committed local snapshots of the group folder ``gdir``, oldest first: time →
     manifest digest, known for the newest only (all :func:`unchanged_count` needs).
 
     The newest manifest is read directly (its read replaces its stat; if it has none, the
-    next older one is tried); the older ones get one stat each.
+    next older one is tried); the older ones get one stat each. Without ``older`` only the
+    newest committed snapshot is returned: without remove-vanished that is all
+    :func:`unchanged_count` looks at (:func:`~asyncsync.sync.plan.choose_snapshots` goes
+    by the newest local time alone), and it saves a stat per older snapshot.
     """
     folders = fastread.snapshot_folders(gdir)
     local: dict[int, str | None] = {}
@@ -399,18 +410,58 @@ def _local_state(gdir: str) -> dict[int, str | None]:
         name, t = folders[i]
         digest = fastread.manifest_digest(f"{gdir}/{name}")
         if digest is not None:
-            local = {t: None for name, t in folders[:i] if fastread.is_committed(f"{gdir}/{name}")}
+            if older:
+                local = {t: None for name, t in folders[:i] if fastread.is_committed(f"{gdir}/{name}")}
             local[t] = digest
             break
     return local
 
 
+#: what the unchanged-group check knows of one local group: time of each committed snapshot
+#: (the newest only without remove-vanished) → manifest digest (known for the newest only),
+#: as :func:`_local_state` returns it
+LocalState = dict[int, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class _SettleRules:
+    """The inputs of the unchanged-group check besides the remote listing: the job's rules
+    and ``known``, the local state of groups already read under their lock by the
+    prescan (:func:`_prescan_groups`)."""
+
     owner: AuthId
     transfer_last: int | None
     verified_only: bool
     remove_vanished: bool
+    known: Mapping[GroupId, LocalState] = field(default_factory=dict)
+
+
+def _read_group(gdir: str, owner: AuthId, older: bool) -> LocalState | None:
+    """The local state of the group folder ``gdir`` (:func:`_local_state`, ``older`` as
+    there), read under the group lock, which is released before returning; None if the
+    group is missing here, locked (another pull or backup), owned by someone other than
+    ``owner``, or unreadable.
+
+    Blocking. Per group: one open + flock of the lock file (a missing group folder makes
+    that open fail: no separate exists check, and nothing is created), one try-open of
+    ``owner``, one scandir, one try-open + fstat of the newest manifest and one stat per
+    older snapshot. It changes nothing (at most the group's lock file is created, as any
+    pull does).
+    """
+    try:
+        # the group lock without group_lock's mkdir and Path objects: a group folder that
+        # does not exist here fails the open (new here: the full path creates it)
+        lock = FileLock(f"{gdir}/{LOCK_FILE}", "group").acquire()
+    except (AsyncSyncError, OSError):
+        return None  # missing, unusable, or locked: the full path reports it
+    try:
+        if fastread.read_owner(gdir) != owner:
+            return None
+        return _local_state(gdir, older)
+    except (AsyncSyncError, OSError, ValueError):
+        return None  # the full path meets the same problem and reports it as before
+    finally:
+        lock.release()
 
 
 def _settle_unchanged(
@@ -420,49 +471,63 @@ def _settle_unchanged(
     its count of unchanged snapshots; blocking, one thread hop for many groups.
 
     For each group this does what :func:`_begin_group` and the start of the full
-    path do, under the group lock, and decides with the same rules
-    (:func:`~asyncsync.sync.plan.unchanged_count`): lock, owner, local snapshot
-    ids, the newest local manifest's digest, compare, release. It changes
-    nothing (at most the group's lock file is created, as any pull does): a
-    group that does not exist here, is owned by someone else, is locked, or
-    cannot be read is left out, and the full path handles (and reports) it as
-    before. The answer is final for this run: the group was unchanged while we
-    held its lock, exactly as when the full path finds it unchanged.
+    path do, under the group lock (:func:`_read_group`: lock, owner, local snapshot
+    ids, the newest local manifest's digest, release), and decides with the same
+    rules (:func:`~asyncsync.sync.plan.unchanged_count`). A group whose state
+    ``rules.known`` holds (the prescan read it under its lock while the listing was
+    on its way) is decided from that state without reading again. A group that does
+    not exist here, is owned by someone else, is locked, or cannot be read is left
+    out, and the full path handles (and reports) it as before.
 
-    Per group: one open + flock of the lock file (a missing group folder makes that
-    open fail: no separate exists check, and nothing is created), one try-open of
-    ``owner``, one scandir, one try-open + fstat of the newest manifest and one stat
-    per older snapshot.
+    The answer is final for this run: a group settled here gets no writes, and its
+    state was read under its lock, so the run is as if its full path had run at
+    that moment and found nothing to do (a local change after the read, such as a
+    backup adding a snapshot, is then simply later than this pull). A group left
+    out takes the full path, which re-reads everything under its own lock.
     """
     out: list[tuple[GroupId, int]] = []
     ns_dir = str(store.ns_path(ns))
+    known = rules.known
     for group, remote in groups:
-        # plain string paths: the same files as group_lock, get_owner, list_snapshot_ids and
-        # manifest_digest use, without their per-call Path objects
-        gdir = fastread.group_dir(ns_dir, group)
-        try:
-            # the group lock without group_lock's mkdir and Path objects: a group folder that
-            # does not exist here fails the open (new here: the full path creates it)
-            lock = FileLock(f"{gdir}/{LOCK_FILE}", f"group {group}").acquire()
-        except (AsyncSyncError, OSError):
-            continue  # missing, unusable, or locked (another pull or backup): the full path reports it
-        try:
-            if fastread.read_owner(gdir) != rules.owner:
+        state = known.get(group)
+        if state is None:
+            # plain string paths: the same files as group_lock, get_owner, list_snapshot_ids and
+            # manifest_digest use, without their per-call Path objects
+            state = _read_group(fastread.group_dir(ns_dir, group), rules.owner, rules.remove_vanished)
+            if state is None:
                 continue
-            n = unchanged_count(
-                remote,
-                _local_state(gdir),
-                transfer_last=rules.transfer_last,
-                verified_only=rules.verified_only,
-                remove_vanished=rules.remove_vanished,
-            )
-            if n is not None:
-                out.append((group, n))
-        except (AsyncSyncError, OSError, ValueError):
-            continue  # the full path meets the same problem and reports it as before
-        finally:
-            lock.release()
+        n = unchanged_count(
+            remote,
+            state,
+            transfer_last=rules.transfer_last,
+            verified_only=rules.verified_only,
+            remove_vanished=rules.remove_vanished,
+        )
+        if n is not None:
+            out.append((group, n))
     return out
+
+
+def _prescan_groups(
+    store: Datastore, ns: Namespace, groups: Sequence[GroupId], owner: AuthId, older: bool, budget: int
+) -> tuple[dict[GroupId, LocalState], int]:
+    """The local state of those of ``groups`` that :func:`_read_group` can read (``older``
+    as there), each read under its lock (released before the next); blocking, one thread hop.
+
+    Stops once the states hold ``budget`` snapshots (a group counts at least one);
+    returns the states and how many of the budget they used.
+    """
+    out: dict[GroupId, LocalState] = {}
+    used = 0
+    ns_dir = str(store.ns_path(ns))
+    for group in groups:
+        if used >= budget:
+            break
+        state = _read_group(fastread.group_dir(ns_dir, group), owner, older)
+        if state is not None:
+            out[group] = state
+            used += max(1, len(state))
+    return out, used
 
 
 def _local_groups(store: Datastore, ns: Namespace) -> list[tuple[GroupId, AuthId | None]]:
@@ -501,24 +566,35 @@ class _PullRun:
             RateLimiter(options.rate_in, options.burst_in, clock=options.clock) if options.rate_in else None
         )
         self.journal = ResumeJournal(target.root, options.owner)
-        self.pool = FetchPool(
-            target.chunks,
-            workers=options.fetch_workers,
-            max_inflight=options.max_inflight,
-            limiter=self.limiter,
-            batch_bytes=options.batch_bytes,
-            batch_chunks=options.batch_chunks,
-            retries=options.retries,
-            on_chunk=self._on_chunk,
-            on_queued=self._on_queued,
-            journal=self.journal.append,
-        )
+        self._pool: FetchPool | None = None
         self._t0 = time.monotonic()
         self._trusted: set[bytes] | None = None
         self._trusted_lock = asyncio.Lock()
         self._logical_done = 0
         self._logical_total = 0
         self._current_group: str | None = None
+
+    @property
+    def pool(self) -> FetchPool:
+        """The run's shared fetch pool, made on first use: a pull that settles every group
+        without transferring never imports the fetch machinery (≈ 4 ms of its start)."""
+        if self._pool is None:
+            from .fetch import FetchPool
+
+            opts = self.options
+            self._pool = FetchPool(
+                self.target.chunks,
+                workers=opts.fetch_workers,
+                max_inflight=opts.max_inflight,
+                limiter=self.limiter,
+                batch_bytes=opts.batch_bytes,
+                batch_chunks=opts.batch_chunks,
+                retries=opts.retries,
+                on_chunk=self._on_chunk,
+                on_queued=self._on_queued,
+                journal=self.journal.append,
+            )
+        return self._pool
 
     # ---- reporting ----------------------------------------------------------
 
@@ -589,10 +665,10 @@ class _PullRun:
                 # runs while the listings are on their way: it removes only what dead
                 # processes left, which neither the listings nor creating namespaces touch
                 tg.create_task(run_write(functools.partial(self.target.cleanup_temp, full=False)))
-            plans, work = await self._plan(nsmap)
+            plans, work, prescanned = await self._plan(nsmap)
 
         order = {(p.local, g): i for i, (p, g) in enumerate(work)}
-        work = await self._settle_unchanged(work)
+        work = await self._settle_unchanged(work, prescanned)
         todo = iter(work)
 
         async def group_worker() -> None:
@@ -601,18 +677,18 @@ class _PullRun:
                 await self._pull_group(plan.remote, plan.local, group, listed)
 
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.pool.run())
-                if work:
+            if work:  # every group settled: no pool, no workers
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.pool.run())
                     # the first snapshot with chunks needs the trusted set: read it while that
                     # snapshot's reader, manifest and indexes are on their way
                     tg.create_task(self._warm_trusted())
-                try:
-                    async with asyncio.TaskGroup() as groups_tg:
-                        for _ in range(min(opts.group_workers, max(1, len(work)))):
-                            groups_tg.create_task(group_worker())
-                finally:
-                    self.pool.close()
+                    try:
+                        async with asyncio.TaskGroup() as groups_tg:
+                            for _ in range(min(opts.group_workers, len(work))):
+                                groups_tg.create_task(group_worker())
+                    finally:
+                        self.pool.close()
         except BaseExceptionGroup as eg:
             # only a bug gets here (groups and batches catch their own errors): unwrap one
             leaves = eg.exceptions
@@ -629,9 +705,12 @@ class _PullRun:
         self._emit()
         return self.report
 
-    async def _plan(self, nsmap: NamespaceMap) -> tuple[list[_NsPlan], list[tuple[_NsPlan, GroupId]]]:
+    async def _plan(
+        self, nsmap: NamespaceMap
+    ) -> tuple[list[_NsPlan], list[tuple[_NsPlan, GroupId]], dict[Namespace, dict[GroupId, LocalState]]]:
         """List the remote namespaces, create their local counterparts, and plan each one:
-        the plans and the selected (plan, group) pairs, in the run's order."""
+        the plans, the selected (plan, group) pairs in the run's order, and the local
+        groups' states the prescan read meanwhile (:meth:`_prescan`)."""
         opts = self.options
         remote_nss = await self.source.list_namespaces(opts.remote_ns, opts.max_depth)
         pairs = nsmap.map_all(remote_nss)  # raises before any transfer if a namespace does not fit
@@ -642,13 +721,56 @@ class _PullRun:
         )
         plans: list[_NsPlan] = []
         work: list[tuple[_NsPlan, GroupId]] = []
-        for remote, local in pairs:
-            p = await self._plan_namespace(remote, local)
-            plans.append(p)
-            selected = [g.group for g in sorted(p.groups or [], key=lambda g: g.group)]
-            selected = [g for g in selected if opts.group_filter.matches(g)]
-            work.extend((p, g) for g in selected)
-        return plans, work
+        prescanned: dict[Namespace, dict[GroupId, LocalState]] = {}
+        async with _task_group() as tg:
+            if isinstance(self.source, BulkListing):
+                # the local groups' state does not depend on the listings: read it while they
+                # are on their way (the client idles meanwhile); used where a namespace-wide
+                # snapshot listing arrives (a per-group listing goes the full path anyway)
+                tg.create_task(self._prescan([local for _, local in pairs], prescanned))
+            for remote, local in pairs:
+                p = await self._plan_namespace(remote, local)
+                plans.append(p)
+                selected = [g.group for g in sorted(p.groups or [], key=lambda g: g.group)]
+                selected = [g for g in selected if opts.group_filter.matches(g)]
+                work.extend((p, g) for g in selected)
+        return plans, work, prescanned
+
+    async def _prescan(
+        self, namespaces: Sequence[Namespace], out: dict[Namespace, dict[GroupId, LocalState]]
+    ) -> None:
+        """Read the local state of the groups of ``namespaces`` the group filter selects into
+        ``out`` (namespace → group → state), for :func:`_settle_unchanged` to decide from
+        once the remote listing is here.
+
+        Each group is read under its lock, released within the hop (:func:`_read_group`);
+        a group it cannot read (missing, locked, another owner, unreadable) is left out
+        and the pre-check or the full path reads it again as before. At most
+        :data:`PRESCAN_MAX_SNAPSHOTS` local snapshots are kept; :data:`SETTLE_BATCH`
+        groups per thread hop, each hop awaited also when cancelled (:func:`run_write`),
+        so a cancelled or failed plan leaves no thread reading and no lock held. Never
+        raises for the store's errors (the full path meets and reports them).
+        """
+        opts = self.options
+        budget = PRESCAN_MAX_SNAPSHOTS
+        for ns in namespaces:
+            if ns in out:
+                continue
+            try:
+                groups = await run_write(self.target.list_groups, ns)
+            except (AsyncSyncError, OSError):
+                continue
+            known = out[ns] = {}
+            groups = [g for g in groups if opts.group_filter.matches(g)]
+            for start in range(0, len(groups), SETTLE_BATCH):
+                if budget <= 0:
+                    return
+                batch = groups[start : start + SETTLE_BATCH]
+                read, used = await run_write(
+                    _prescan_groups, self.target, ns, batch, opts.owner, opts.remove_vanished, budget
+                )
+                known.update(read)
+                budget -= used
 
     async def _plan_namespace(self, remote: Namespace, local: Namespace) -> _NsPlan:
         """List the groups of ``remote`` (and, when most are wanted, all its snapshots at once).
@@ -690,16 +812,21 @@ class _PullRun:
             p.snapshots = bulk.result() if bulk is not None else await self._bulk_snapshots(remote)
         return p
 
-    async def _settle_unchanged(self, work: list[tuple[_NsPlan, GroupId]]) -> list[tuple[_NsPlan, GroupId]]:
+    async def _settle_unchanged(
+        self,
+        work: list[tuple[_NsPlan, GroupId]],
+        prescanned: Mapping[Namespace, Mapping[GroupId, LocalState]],
+    ) -> list[tuple[_NsPlan, GroupId]]:
         """Record the groups of ``work`` that need nothing (see :func:`_settle_unchanged`)
         and return the rest, in order.
 
         Only groups whose remote snapshots are already known (namespace-wide
         listing) are checked, :data:`SETTLE_BATCH` per thread hop instead of one
         hop per group: on a pull with nothing new that is most of the local work.
+        Groups of ``prescanned`` (local state read by :meth:`_prescan`) are decided
+        from that state, in memory.
         """
         opts = self.options
-        rules = _SettleRules(opts.owner, opts.transfer_last, opts.verified_only, opts.remove_vanished)
         settled: set[tuple[Namespace, GroupId]] = set()
         by_plan: dict[int, tuple[_NsPlan, list[tuple[GroupId, list[SnapshotItem]]]]] = {}
         for p, g in work:
@@ -707,6 +834,13 @@ class _PullRun:
             if p.snapshots is not None and g in p.snapshots:
                 by_plan.setdefault(id(p), (p, []))[1].append((g, p.snapshots[g]))
         for p, candidates in by_plan.values():
+            rules = _SettleRules(
+                opts.owner,
+                opts.transfer_last,
+                opts.verified_only,
+                opts.remove_vanished,
+                prescanned.get(p.local, {}),
+            )
             for start in range(0, len(candidates), SETTLE_BATCH):
                 batch = candidates[start : start + SETTLE_BATCH]
                 # read-only; it takes group locks (released within the hop), so a cancellation
@@ -863,6 +997,8 @@ class _PullRun:
 
     async def _fetch_needed(self, reader: SnapshotSource, needed: dict[bytes, int]) -> FetchOutcome:
         """Fetch every chunk of ``needed`` through the pool, :data:`FETCH_SLICE` at a time."""
+        from .fetch import FetchOutcome  # loaded with the pool (see :attr:`pool`)
+
         total = FetchOutcome()
         items = iter(needed.items())
         while batch := [(d.hex(), size) for d, size in itertools.islice(items, FETCH_SLICE)]:
