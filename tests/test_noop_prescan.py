@@ -74,6 +74,12 @@ class Reads:
     """Counts the groups read under their lock, by whom (prescan or pre-check), and the
     groups that took the full path."""
 
+    def clear(self) -> None:
+        """Forget what was counted so far (the first pull's reads)."""
+        self.prescan.clear()
+        self.settle.clear()
+        self.full.clear()
+
     def __init__(self, mp: pytest.MonkeyPatch) -> None:
         self.prescan: list[str] = []
         self.settle: list[str] = []
@@ -159,9 +165,7 @@ async def test_noop_reads_each_group_once_while_the_listing_is_on_its_way(
 ) -> None:
     src, dst = stores
     await first_pull(src, dst)
-    reads.prescan.clear()
-    reads.settle.clear()
-    reads.full.clear()
+    reads.clear()
     source = GatedSource(src)
     report = await pull_after_prescan(source, dst, prescan_done(monkeypatch))
     assert report.ok and report.snapshots_synced == 0 and report.chunks_downloaded == 0
@@ -182,9 +186,7 @@ async def test_changed_and_locked_groups_take_the_paths_they_took_before(
     src, dst = stores
     await first_pull(src, dst)
     await asyncio.to_thread(add_snapshot, src, NS, GROUPS[1], T0 + 7200, chunks=1, chunk_size=256)
-    reads.prescan.clear()
-    reads.settle.clear()
-    reads.full.clear()
+    reads.clear()
     source = GatedSource(src)
     done = prescan_done(monkeypatch)
     # GROUPS[3] is locked by "another backup" while the prescan runs, free when the listing comes
@@ -252,9 +254,7 @@ async def test_budget_and_filter_bound_the_prescan(
 ) -> None:
     src, dst = stores
     await first_pull(src, dst)
-    reads.prescan.clear()
-    reads.settle.clear()
-    reads.full.clear()
+    reads.clear()
     monkeypatch.setattr(pull_mod, "PRESCAN_MAX_SNAPSHOTS", 2)  # a group counts one (newest only)
     report = await pull_after_prescan(GatedSource(src), dst, prescan_done(monkeypatch))
     assert report.ok and report.snapshots_unchanged == len(GROUPS)
@@ -271,29 +271,40 @@ async def test_budget_and_filter_bound_the_prescan(
     assert sorted(reads.prescan) == ["vm/101", "vm/103"]  # only selected groups are read
 
 
-async def test_cancel_during_the_prescan_waits_for_its_thread_and_leaves_no_lock(
-    stores: tuple[Datastore, Datastore], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    src, dst = stores
-    await first_pull(src, dst)
+def gate_prescan(
+    monkeypatch: pytest.MonkeyPatch, *, hold_lock: bool
+) -> tuple[threading.Event, threading.Event, list[bool]]:
+    """Make the prescan's first hop block until ``go`` is set (``started`` says it is blocked),
+    holding its first group's lock meanwhile if asked; ``finished`` gets True when the real
+    hop has run after it."""
     started, go = threading.Event(), threading.Event()
     finished: list[bool] = []
     real = pull_mod._prescan_groups
 
     def slow(*args: Any) -> Any:
-        # holds the first group's lock while blocked: the cancelled pull must wait for it
         store, ns, groups = args[0], args[1], args[2]
-        lock = store.group_lock(ns, groups[0]).acquire()
+        lock = store.group_lock(ns, groups[0]).acquire() if hold_lock else None
         started.set()
         try:
             go.wait(30)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         result = real(*args)
         finished.append(True)
         return result
 
     monkeypatch.setattr(pull_mod, "_prescan_groups", slow)
+    return started, go, finished
+
+
+async def test_cancel_during_the_prescan_waits_for_its_thread_and_leaves_no_lock(
+    stores: tuple[Datastore, Datastore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = stores
+    await first_pull(src, dst)
+    # the blocked hop holds the first group's lock: the cancelled pull must wait for it
+    started, go, finished = gate_prescan(monkeypatch, hold_lock=True)
     source = GatedSource(src)
     task = asyncio.create_task(pull(source, dst, opts()))
     await asyncio.to_thread(started.wait, 30)
@@ -313,18 +324,7 @@ async def test_a_failing_plan_waits_for_the_prescan_and_raises_its_own_error(
 ) -> None:
     src, dst = stores
     await first_pull(src, dst)
-    started, go = threading.Event(), threading.Event()
-    finished: list[bool] = []
-    real = pull_mod._prescan_groups
-
-    def slow(*args: Any) -> Any:
-        started.set()
-        go.wait(30)
-        result = real(*args)
-        finished.append(True)
-        return result
-
-    monkeypatch.setattr(pull_mod, "_prescan_groups", slow)
+    started, go, finished = gate_prescan(monkeypatch, hold_lock=False)
     source = GatedSource(src)
     source.fail = RuntimeError("listing broke")
     task = asyncio.create_task(pull(source, dst, opts()))
