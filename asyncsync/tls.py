@@ -39,6 +39,7 @@ KEY_FILE = "proxy.key"
 #: validity of a generated certificate
 CERT_DAYS = 3650
 
+
 @dataclass(frozen=True, slots=True)
 class CertPaths:
     """Where a certificate and its key are."""

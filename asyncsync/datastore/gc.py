@@ -36,6 +36,7 @@ from .threads import CancelToken, check, run_cancellable
 #: Proxmox's default: one day plus five minutes.
 DEFAULT_GRACE_SECONDS = 24 * 3600 + 5 * 60
 
+
 @dataclass(slots=True)
 class GcReport:
     """What a garbage collection found and did."""

@@ -77,8 +77,9 @@ class ThreadedChunks(Protocol):
     Errors are those of :meth:`SnapshotSource.fetch_chunks`.
     """
 
-    async def fetch_chunks_threaded(self, digests: Sequence[str], sink: BlobSink, executor: Executor) -> None:
-        ...
+    async def fetch_chunks_threaded(
+        self, digests: Sequence[str], sink: BlobSink, executor: Executor
+    ) -> None: ...
 
 
 @runtime_checkable
