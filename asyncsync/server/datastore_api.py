@@ -380,7 +380,9 @@ class ManifestCache:
         by a rename over it, sets its ctime to the clock at that moment, which is
         then later than the recorded ctime by more than a clock tick; and ctime
         cannot be set by users. So a recorded key never matches changed content
-        (barring the system clock being set back).
+        (barring the system clock being set back, and on NFS a change made by
+        another client while this one's attribute cache still holds the old
+        times: see docs/architecture.md).
         """
         now = time.time_ns()
         try:
