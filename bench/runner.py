@@ -11,8 +11,9 @@ before it left full (targets of many files are moved aside instead and their
 page cache dropped, see ``DEFER_REMOVAL_CHUNKS``). On this VM the memory
 matters: 2 GiB of new files written into memory not recycled from a
 just-removed target cost a pull 3–6 s of system time instead of 1.2–1.5 s (the
-host takes back guest memory that lies free; docs/performance.md, "Session
-4"), and it fell on whichever tools ran last in a round.
+balloon's free page reporting hands memory that lies free back to the host,
+and the next write into it faults there; docs/performance.md, "Session 4" and
+"Session 5"), and it fell on whichever tools ran last in a round.
 """
 
 from __future__ import annotations

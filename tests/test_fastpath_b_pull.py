@@ -93,9 +93,9 @@ async def test_noop_is_settled_in_one_hop_and_reports_as_before(
     hops: list[int] = []
     real = pull_mod._settle_unchanged
 
-    def counting(store: Datastore, ns: Namespace, groups: list[tuple[GroupId, list[SnapshotItem]]], rules):  # type: ignore[no-untyped-def]
+    def counting(store: Datastore, ns: Namespace, groups: list[tuple[GroupId, list[SnapshotItem]]], *rest):  # type: ignore[no-untyped-def]
         hops.append(len(groups))
-        return real(store, ns, groups, rules)
+        return real(store, ns, groups, *rest)
 
     monkeypatch.setattr(pull_mod, "_settle_unchanged", counting)
     begun: list[GroupId] = []

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -352,19 +352,15 @@ class ManifestCache:
     def facts(self, raw: bytes) -> ManifestFacts:
         """The listing facts of the manifest bytes ``raw``; blocking (decodes on a miss)."""
         digest = blob.digest_of(raw)
-        entries = self._entries
         with self._lock:
-            hit = entries.pop(digest, None)
+            hit = _lru_take(self._entries, digest)
             if hit is not None:
-                entries[digest] = hit  # most recently used last
                 self.hits += 1
                 return hit
             self.misses += 1
         facts = manifest_facts(raw, digest)  # outside the lock: decoding is the slow part
         with self._lock:
-            entries[digest] = facts
-            while len(entries) > self.max_entries:
-                del entries[next(iter(entries))]
+            _lru_put(self._entries, digest, facts, self.max_entries)
         return facts
 
     def facts_at(self, path: str) -> ManifestFacts | None:
@@ -376,10 +372,10 @@ class ManifestCache:
         the bytes are read and go through :meth:`facts`, as without this layer.
         A read is recorded only if the file's key was the same before and after
         the read (it did not change meanwhile) and both its times were more than
-        :attr:`racy_ns` (default :data:`RACY_NS`) old before it. Any later change to the file, in place or
-        by a rename over it, sets its ctime to the clock at that moment, which is
-        then later than the recorded ctime by more than a clock tick; and ctime
-        cannot be set by users. So a recorded key never matches changed content
+        :attr:`racy_ns` (default :data:`RACY_NS`) old before it. Any later change
+        to the file, in place or by a rename over it, sets its ctime to the clock
+        at that moment, which is then later than the recorded ctime by more than
+        a clock tick; and ctime cannot be set by users. So a recorded key never matches changed content
         (barring the system clock being set back, and on NFS a change made by
         another client while this one's attribute cache still holds the old
         times: see docs/architecture.md).
@@ -394,26 +390,45 @@ class ManifestCache:
         key = _stat_key(before) if before is not None and stat.S_ISREG(before.st_mode) else None
         if key is not None:
             with self._lock:
-                hit = self._by_path.pop(path, None)
+                hit = self._by_path.pop(path, None)  # a version no longer there is dropped
                 if hit is not None and hit[0] == key:
-                    self._by_path[path] = hit  # most recently used last
+                    _lru_put(self._by_path, path, hit, self.max_entries)  # most recently used
                     self.stat_hits += 1
                     return hit[1]
         raw = fastread.read_small(path)
         if raw is None:
             return None
         facts = self.facts(raw)
-        if key is not None and max(key[3], key[4]) < now - self.racy_ns:
+        if key is not None and before is not None:
+            settled = max(before.st_mtime_ns, before.st_ctime_ns) < now - self.racy_ns
             try:
-                after = os.stat(path)
+                unchanged = settled and _stat_key(os.stat(path)) == key
             except OSError:
-                return facts
-            if _stat_key(after) == key:
+                unchanged = False
+            if unchanged:
                 with self._lock:
-                    self._by_path[path] = (key, facts)
-                    while len(self._by_path) > self.max_entries:
-                        del self._by_path[next(iter(self._by_path))]
+                    _lru_put(self._by_path, path, (key, facts), self.max_entries)
         return facts
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _lru_take(entries: dict[K, V], key: K) -> V | None:
+    """``entries[key]`` made the most recently used (moved last), or None; call under the lock."""
+    hit = entries.pop(key, None)
+    if hit is not None:
+        entries[key] = hit
+    return hit
+
+
+def _lru_put(entries: dict[K, V], key: K, value: V, bound: int) -> None:
+    """Set ``entries[key]`` as the most recently used, dropping the least recently used
+    (first) entries beyond ``bound``; call under the lock."""
+    entries[key] = value
+    while len(entries) > bound:
+        del entries[next(iter(entries))]
 
 
 #: what identifies one version of a file: (device, inode, size, mtime ns, ctime ns)

@@ -55,6 +55,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..datastore import blob as blobcodec
@@ -394,7 +395,15 @@ def _begin_group(
     return lock, actual, local
 
 
-def _local_state(gdir: str, older: bool = True) -> dict[int, str | None]:
+#: what the unchanged-group check knows of one local group: time of each committed snapshot
+#: (the newest only without remove-vanished) → manifest digest (known for the newest only)
+LocalState = dict[int, str | None]
+
+#: no group's local state known beforehand (see :func:`_settle_unchanged`)
+_NOTHING_KNOWN: Mapping[GroupId, LocalState] = MappingProxyType({})
+
+
+def _local_state(gdir: str, older: bool = True) -> LocalState:
     """The committed local snapshots of the group folder ``gdir``, oldest first: time →
     manifest digest, known for the newest only (all :func:`unchanged_count` needs).
 
@@ -405,7 +414,7 @@ def _local_state(gdir: str, older: bool = True) -> dict[int, str | None]:
     by the newest local time alone), and it saves a stat per older snapshot.
     """
     folders = fastread.snapshot_folders(gdir)
-    local: dict[int, str | None] = {}
+    local: LocalState = {}
     for i in range(len(folders) - 1, -1, -1):
         name, t = folders[i]
         digest = fastread.manifest_digest(f"{gdir}/{name}")
@@ -417,23 +426,14 @@ def _local_state(gdir: str, older: bool = True) -> dict[int, str | None]:
     return local
 
 
-#: what the unchanged-group check knows of one local group: time of each committed snapshot
-#: (the newest only without remove-vanished) → manifest digest (known for the newest only),
-#: as :func:`_local_state` returns it
-LocalState = dict[int, str | None]
-
-
 @dataclass(frozen=True, slots=True)
 class _SettleRules:
-    """The inputs of the unchanged-group check besides the remote listing: the job's rules
-    and ``known``, the local state of groups already read under their lock by the
-    prescan (:func:`_prescan_groups`)."""
+    """The job's rules for the unchanged-group check (the same for every group of a run)."""
 
     owner: AuthId
     transfer_last: int | None
     verified_only: bool
     remove_vanished: bool
-    known: Mapping[GroupId, LocalState] = field(default_factory=dict)
 
 
 def _read_group(gdir: str, owner: AuthId, older: bool) -> LocalState | None:
@@ -465,7 +465,11 @@ def _read_group(gdir: str, owner: AuthId, older: bool) -> LocalState | None:
 
 
 def _settle_unchanged(
-    store: Datastore, ns: Namespace, groups: Sequence[tuple[GroupId, list[SnapshotItem]]], rules: _SettleRules
+    store: Datastore,
+    ns: Namespace,
+    groups: Sequence[tuple[GroupId, list[SnapshotItem]]],
+    rules: _SettleRules,
+    known: Mapping[GroupId, LocalState] = _NOTHING_KNOWN,
 ) -> list[tuple[GroupId, int]]:
     """The groups of ``groups`` (with their remote snapshots) that need nothing, each with
     its count of unchanged snapshots; blocking, one thread hop for many groups.
@@ -474,7 +478,7 @@ def _settle_unchanged(
     path do, under the group lock (:func:`_read_group`: lock, owner, local snapshot
     ids, the newest local manifest's digest, release), and decides with the same
     rules (:func:`~asyncsync.sync.plan.unchanged_count`). A group whose state
-    ``rules.known`` holds (the prescan read it under its lock while the listing was
+    ``known`` holds (the prescan read it under its lock while the listing was
     on its way) is decided from that state without reading again. A group that does
     not exist here, is owned by someone else, is locked, or cannot be read is left
     out, and the full path handles (and reports) it as before.
@@ -487,7 +491,6 @@ def _settle_unchanged(
     """
     out: list[tuple[GroupId, int]] = []
     ns_dir = str(store.ns_path(ns))
-    known = rules.known
     for group, remote in groups:
         state = known.get(group)
         if state is None:
@@ -827,6 +830,7 @@ class _PullRun:
         from that state, in memory.
         """
         opts = self.options
+        rules = _SettleRules(opts.owner, opts.transfer_last, opts.verified_only, opts.remove_vanished)
         settled: set[tuple[Namespace, GroupId]] = set()
         by_plan: dict[int, tuple[_NsPlan, list[tuple[GroupId, list[SnapshotItem]]]]] = {}
         for p, g in work:
@@ -834,18 +838,12 @@ class _PullRun:
             if p.snapshots is not None and g in p.snapshots:
                 by_plan.setdefault(id(p), (p, []))[1].append((g, p.snapshots[g]))
         for p, candidates in by_plan.values():
-            rules = _SettleRules(
-                opts.owner,
-                opts.transfer_last,
-                opts.verified_only,
-                opts.remove_vanished,
-                prescanned.get(p.local, {}),
-            )
+            known = prescanned.get(p.local, _NOTHING_KNOWN)
             for start in range(0, len(candidates), SETTLE_BATCH):
                 batch = candidates[start : start + SETTLE_BATCH]
                 # read-only; it takes group locks (released within the hop), so a cancellation
                 # waits for it like for a write
-                done = await run_write(_settle_unchanged, self.target, p.local, batch, rules)
+                done = await run_write(_settle_unchanged, self.target, p.local, batch, rules, known)
                 for group, unchanged in done:
                     res = GroupResult(p.remote, group, p.local, snapshots_unchanged=unchanged)
                     self.report.groups.append(res)
