@@ -6,9 +6,10 @@ thread, while the verify-and-write threads wait; client and server share two
 cores and the client's loop thread was busy ~90 % of the wall time. Here each
 worker thread owns one blocking HTTP/1.1 connection (:mod:`http.client` over
 :mod:`ssl`) and does the whole hop for a batch: send the request, read each
-blob straight into a reused buffer (``SSL_read`` / ``recv_into`` release the
-GIL), and hand it to a *blocking sink* (the fetch pool's verify + write, which
-releases the GIL in blake3, CRC and ``write``). Decryption, hashing and
+blob in pieces of at most :data:`RECV_PIECE` bytes into a reused buffer
+(``SSL_read`` / ``recv_into`` release the GIL), and hand each piece to a
+*blocking blob writer* (the fetch pool's verify + write, which releases the GIL
+in blake3, CRC and ``write``). Decryption, hashing and
 writing of different batches thus run in parallel on every core, and the event
 loop only schedules batches.
 
@@ -33,12 +34,17 @@ Contracts:
   :class:`TransientRemoteError`; HTTP errors map through
   :func:`~asyncsync.client.errors.error_for_status`. A connection that saw any
   error is closed, never reused.
-* **Bounded.** One buffer per connection, grown to the largest blob seen (at
-  most ``max_size``); at most as many connections as threads use it at once;
-  idle connections are kept up to ``max_idle``.
+* **Bounded.** One receive buffer per connection, of at most :data:`RECV_PIECE`
+  bytes whatever the blob size (a blob is handed on piece by piece, see
+  :class:`BlobReceiver`); at most as many connections as threads use it at once;
+  idle connections are kept up to ``max_idle``. A plain :data:`BlobSink` (whole
+  blobs) is still accepted: :func:`as_receiver` collects each blob into a buffer
+  of its own, freed after the call (for tests and small callers; the pull uses
+  a receiver).
 * **Stoppable.** :meth:`FetchJob.cancel` (from any thread) makes the worker's
-  blocked read fail at once (the socket is shut down) and the sink is not
-  called again; :func:`~asyncsync.datastore.threads.run_with_token` calls it when the awaiting task is
+  blocked read fail at once (the socket is shut down), the blob being received
+  is aborted and the receiver is not called again;
+  :func:`~asyncsync.datastore.threads.run_with_token` calls it when the awaiting task is
   cancelled and waits for the thread to return.
 """
 
@@ -53,7 +59,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from .. import protocol
 from ..datastore.threads import CancelToken, OperationCancelled
@@ -69,8 +75,96 @@ from .errors import error_for_status, tls_handshake_failed, untrusted_certificat
 #: called in the worker thread with each received blob; the view is valid only during the call
 BlobSink = Callable[[str, memoryview], None]
 
+
+class BlobWriter(Protocol):
+    """Takes one blob in pieces (the contract is :class:`asyncsync.sync.source.BlobWriter`'s).
+
+    ``feed`` consecutive pieces (views valid only during the call), then
+    ``finish``; a blob not finished is ``abort``-ed, always (``abort`` never raises).
+    """
+
+    def feed(self, piece: memoryview) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@runtime_checkable
+class BlobReceiver(Protocol):
+    """``begin(digest, length)`` for each blob received in pieces, ``whole(digest, view)`` for
+    each received in one, in request order.
+
+    The contract is :class:`asyncsync.sync.source.BlobReceiver`'s.
+    """
+
+    def begin(self, digest: str, length: int) -> BlobWriter: ...
+
+    def whole(self, digest: str, blob: memoryview) -> None: ...
+
+
+#: the most of a blob's body read per step into a connection's buffer and handed to its writer.
+#: Why a fixed piece and not the whole blob: the buffer was grown to the largest blob (4 MiB in
+#: the bench, 16 MiB allowed) on each of up to 8 connections, so a pull's memory depended on how
+#: far the adaptive transfer limit climbed. Measured on the cold rig: see docs/architecture.md.
+RECV_PIECE = 1024 * 1024
+
 _MAX_ERROR_BODY = 64 * 1024
 _HEADER = protocol.FRAME_HEADER
+
+
+class _WholeBlob:
+    """A :class:`BlobWriter` that collects a blob into a buffer of its own and hands it to a
+    :data:`BlobSink` on :meth:`finish` (see :func:`as_receiver`)."""
+
+    __slots__ = ("_buf", "_digest", "_pos", "_sink")
+
+    def __init__(self, sink: BlobSink, digest: str, length: int) -> None:
+        self._sink = sink
+        self._digest = digest
+        self._buf: bytearray | None = bytearray(length)
+        self._pos = 0
+
+    def feed(self, piece: memoryview) -> None:
+        assert self._buf is not None
+        end = self._pos + len(piece)
+        if end > len(self._buf):
+            raise ValueError("blob pieces exceed the announced length")
+        self._buf[self._pos : end] = piece
+        self._pos = end
+
+    def finish(self) -> None:
+        buf, self._buf = self._buf, None
+        assert buf is not None
+        if self._pos != len(buf):
+            raise ValueError("blob pieces fall short of the announced length")
+        self._sink(self._digest, memoryview(buf))
+
+    def abort(self) -> None:
+        self._buf = None
+
+
+class _WholeBlobs:
+    """:func:`as_receiver`'s adapter of a whole-blob sink."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: BlobSink) -> None:
+        self.sink = sink
+
+    def begin(self, digest: str, length: int) -> BlobWriter:
+        return _WholeBlob(self.sink, digest, length)
+
+    def whole(self, digest: str, blob: memoryview) -> None:
+        self.sink(digest, blob)
+
+
+def as_receiver(sink: BlobSink | BlobReceiver) -> BlobReceiver:
+    """``sink`` itself if it is a :class:`BlobReceiver`, else a receiver that collects each blob
+    whole (a buffer per blob, of the blob's length) and calls ``sink(digest, view)`` with it."""
+    if isinstance(sink, BlobReceiver):
+        return sink
+    return _WholeBlobs(sink)
 
 
 #: bytes taken from the socket per ``recv`` on a TLS connection (many TLS records at once)
@@ -207,6 +301,7 @@ class _Connection(http.client.HTTPConnection):
         self._tls = tls
         self._context = context
         self._fingerprint = fingerprint
+        #: the receive buffer: grown to the largest piece needed, at most :data:`RECV_PIECE` bytes
         self.buffer = bytearray()
         #: an answer was read on this connection: the server may have closed it while it was idle
         self.used = False
@@ -367,7 +462,7 @@ class BlockingChannel:
         base_path: str,
         headers: dict[str, str],
         digests: Sequence[str],
-        sink: BlobSink,
+        sink: BlobSink | BlobReceiver,
         job: FetchJob,
         *,
         max_size: int,
@@ -375,17 +470,21 @@ class BlockingChannel:
         """Fetch ``digests`` (one request) and pass each blob to ``sink``, in order. Blocking.
 
         ``base_path`` is the reader session's path (``/api2/json/admin/datastore/S/reader/R``).
-        The sink's own exceptions propagate unchanged (the connection is closed).
+        A :class:`BlobReceiver` gets each blob in pieces of at most :data:`RECV_PIECE`
+        bytes (a blob that is not finished is aborted); a plain :data:`BlobSink` gets
+        it whole (:func:`as_receiver`). The sink's own exceptions propagate unchanged
+        (the connection is closed).
         """
+        receiver = as_receiver(sink)
         conn = self._acquire()
         job._attach(conn)
         reusable = False
         try:
             self._connect(conn, job)
             if len(digests) == 1:
-                self._fetch_one(conn, base_path, headers, digests[0], sink, job, max_size)
+                self._fetch_one(conn, base_path, headers, digests[0], receiver, job, max_size)
             else:
-                self._fetch_many(conn, base_path, headers, digests, sink, job, max_size)
+                self._fetch_many(conn, base_path, headers, digests, receiver, job, max_size)
             reusable = True
         except _SinkFailed as wrapped:
             # the sink's own error (a full disk, a corrupt chunk): not a transfer failure
@@ -525,7 +624,7 @@ class BlockingChannel:
         base_path: str,
         headers: dict[str, str],
         digest: str,
-        sink: BlobSink,
+        receiver: BlobReceiver,
         job: FetchJob,
         max_size: int,
     ) -> None:
@@ -537,11 +636,11 @@ class BlockingChannel:
             if len(data) > max_size:
                 raise RemoteError(f"chunk {digest}: answer exceeds the limit of {max_size} bytes")
             job.check()
-            _deliver(sink, digest, memoryview(data))
+            _deliver(receiver, digest, memoryview(data), job)
             return
         if length > max_size:
             raise RemoteError(f"chunk {digest}: answer of {length} bytes exceeds the limit of {max_size}")
-        _receive(conn, resp, digest, length, sink, job)
+        _receive(conn, resp, digest, length, receiver, job)
 
     def _fetch_many(
         self,
@@ -549,7 +648,7 @@ class BlockingChannel:
         base_path: str,
         headers: dict[str, str],
         digests: Sequence[str],
-        sink: BlobSink,
+        receiver: BlobReceiver,
         job: FetchJob,
         max_size: int,
     ) -> None:
@@ -561,7 +660,7 @@ class BlockingChannel:
         for want in digests:
             _read_exact(resp, head_view)
             length = protocol.frame_length(head, want, max_size)
-            _receive(conn, resp, want, length, sink, job)
+            _receive(conn, resp, want, length, receiver, job)
         if resp.read(1):
             raise RemoteError("batch answer has trailing data")
 
@@ -598,11 +697,18 @@ class _SinkFailed(Exception):
         self.error = error
 
 
-def _deliver(sink: BlobSink, digest: str, view: memoryview) -> None:
+def _sink_call(fn: Callable[[], Any]) -> Any:
+    """Call a receiver's or writer's method; its exception becomes :class:`_SinkFailed`."""
     try:
-        sink(digest, view)
+        return fn()
     except Exception as exc:
         raise _SinkFailed(exc) from None
+
+
+def _deliver(receiver: BlobReceiver, digest: str, view: memoryview, job: FetchJob) -> None:
+    """Hand a blob already in memory to ``receiver`` whole; not once ``job`` is cancelled."""
+    job.check()
+    _sink_call(lambda: receiver.whole(digest, view))
 
 
 def _receive(
@@ -610,22 +716,47 @@ def _receive(
     resp: http.client.HTTPResponse,
     digest: str,
     length: int,
-    sink: BlobSink,
+    receiver: BlobReceiver,
     job: FetchJob,
 ) -> None:
-    """Read the ``length`` bytes (already checked against the bound) of blob ``digest`` into the
-    connection's buffer and pass them to ``sink``; the sink is not called once ``job`` is cancelled."""
-    view = _buffer(conn, length)
-    _read_exact(resp, view)
-    job.check()
-    _deliver(sink, digest, view)
+    """Read the ``length`` bytes (already checked against the bound) of blob ``digest`` in pieces of
+    at most :data:`RECV_PIECE` bytes into the connection's buffer, feeding each to the writer that
+    ``receiver.begin`` returns, then finish it. Once ``job`` is cancelled no piece is fed and the
+    writer is not finished; a writer not finished (any error, a truncated stream) is aborted.
+
+    A blob of at most one piece is read whole and handed over in one call (``receiver.whole``):
+    with 64 KiB chunks the writer's three calls per chunk cost ~10 µs of Python each time."""
+    if length <= RECV_PIECE:
+        view = _buffer(conn, length)[:length]
+        _read_exact(resp, view)
+        _deliver(receiver, digest, view, job)
+        return
+    writer: BlobWriter = _sink_call(lambda: receiver.begin(digest, length))
+    finished = False
+    try:
+        buf = _buffer(conn, min(length, RECV_PIECE))
+        remaining = length
+        while remaining:
+            view = buf[: min(remaining, RECV_PIECE)]
+            _read_exact(resp, view)
+            job.check()
+            try:
+                writer.feed(view)
+            except Exception as exc:
+                raise _SinkFailed(exc) from None
+            remaining -= len(view)
+        _sink_call(writer.finish)
+        finished = True
+    finally:
+        if not finished:
+            writer.abort()
 
 
 def _buffer(conn: _Connection, length: int) -> memoryview:
-    """A view of ``length`` bytes of the connection's reused buffer (grown, never shrunk)."""
+    """The connection's reused buffer, at least ``length`` (≤ :data:`RECV_PIECE`) bytes long."""
     if len(conn.buffer) < length:
         conn.buffer = bytearray(length)
-    return memoryview(conn.buffer)[:length]
+    return memoryview(conn.buffer)
 
 
 def _read_exact(resp: http.client.HTTPResponse, view: memoryview) -> None:
@@ -636,4 +767,12 @@ def _read_exact(resp: http.client.HTTPResponse, view: memoryview) -> None:
         view = view[n:]
 
 
-__all__ = ["BlobSink", "BlockingChannel", "FetchJob"]
+__all__ = [
+    "RECV_PIECE",
+    "BlobReceiver",
+    "BlobSink",
+    "BlobWriter",
+    "BlockingChannel",
+    "FetchJob",
+    "as_receiver",
+]

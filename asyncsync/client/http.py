@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..fingerprint import parse_fingerprint
 from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId, check_archive_name, check_digest, safe_id
-from .blocking import BlobSink, BlockingChannel, FetchJob
+from .blocking import BlobReceiver, BlobSink, BlobWriter, BlockingChannel, FetchJob, as_receiver
 from .errors import error_for_status, map_client_error
 
 log = logging.getLogger("asyncsync.client")
@@ -537,6 +537,54 @@ class _StreamRetry:
         await self.client._relogin(stale)
 
 
+class _CountedWriter:
+    """Passes a blob's pieces on; counts the blob in its :class:`_Delivered` once it is finished."""
+
+    __slots__ = ("_inner", "_length", "_owner")
+
+    def __init__(self, owner: _Delivered, inner: BlobWriter, length: int) -> None:
+        self._owner = owner
+        self._inner = inner
+        self._length = length
+
+    def feed(self, piece: memoryview) -> None:
+        self._inner.feed(piece)
+
+    def finish(self) -> None:
+        self._inner.finish()
+        self._owner.count += 1
+        self._owner.bytes += protocol.FRAME_HEADER.size + self._length
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
+class _Delivered:
+    """A :class:`BlobReceiver` around another that counts the finished blobs (in a worker thread):
+    a retry of :meth:`ReaderSession.fetch_chunks_threaded` asks only for the ones after them."""
+
+    __slots__ = ("bytes", "count", "receiver")
+
+    def __init__(self, receiver: BlobReceiver) -> None:
+        self.receiver = receiver
+        #: blobs finished so far (they lead the request's digests)
+        self.count = 0
+        #: bytes of the finished blobs (frame headers counted), not yet taken by :meth:`take_bytes`
+        self.bytes = 0
+
+    def begin(self, digest: str, length: int) -> BlobWriter:
+        return _CountedWriter(self, self.receiver.begin(digest, length), length)
+
+    def whole(self, digest: str, blob: memoryview) -> None:
+        self.receiver.whole(digest, blob)
+        self.count += 1
+        self.bytes += protocol.FRAME_HEADER.size + len(blob)
+
+    def take_bytes(self) -> int:
+        n, self.bytes = self.bytes, 0
+        return n
+
+
 class ReaderSession:
     """Reads one snapshot of the remote through a server-side reader session."""
 
@@ -588,7 +636,7 @@ class ReaderSession:
     async def fetch_chunks_threaded(
         self,
         digests: Sequence[str],
-        sink: BlobSink,
+        sink: BlobSink | BlobReceiver,
         executor: Executor,
         *,
         max_size: int = blob.MAX_BLOB_SIZE,
@@ -596,10 +644,12 @@ class ReaderSession:
         """Fetch ``digests`` on a worker thread of ``executor``, passing each blob to ``sink`` there.
 
         The blocking counterpart of :meth:`fetch_chunks_parts` (see
-        :mod:`asyncsync.client.blocking` for why): ``sink(digest, view)`` runs in the
-        worker thread, in request order, with a view valid only during the call; an
+        :mod:`asyncsync.client.blocking` for why). A :class:`BlobReceiver` gets each
+        blob in pieces (``begin``, ``feed``..., ``finish``; ``abort`` for a blob not
+        finished), a plain ``sink(digest, view)`` gets it whole; either runs in the
+        worker thread, in request order, with views valid only during the call; an
         exception from it ends the fetch and propagates. A transient failure is
-        retried with backoff for the digests not yet delivered; an expired ticket is
+        retried with backoff for the digests not yet finished; an expired ticket is
         renewed once. When this returns or raises (also on cancellation), the thread
         is done and ``sink`` is not called again.
         """
@@ -608,19 +658,12 @@ class ReaderSession:
             check_digest(d)
         client = self.client
         base = protocol.API_PREFIX + protocol.p_reader_session(self.store, self.reader_id)
-        delivered = 0
-        received = 0
-
-        def deliver(digest: str, view: memoryview) -> None:  # in the worker thread
-            nonlocal delivered, received
-            sink(digest, view)
-            delivered += 1
-            received += protocol.FRAME_HEADER.size + len(view)
+        progress = _Delivered(as_receiver(sink))
 
         retry = _StreamRetry(client)
-        while delivered < len(digests):
-            batch = list(digests[delivered : delivered + protocol.MAX_BATCH_DIGESTS])
-            before = delivered
+        while progress.count < len(digests):
+            batch = list(digests[progress.count : progress.count + protocol.MAX_BATCH_DIGESTS])
+            before = progress.count
             stale = client._headers
             job = FetchJob()
             client.stats.requests += 1
@@ -628,15 +671,14 @@ class ReaderSession:
                 await run_with_token(
                     executor,
                     job,
-                    functools.partial(channel.fetch, base, stale, batch, deliver, job, max_size=max_size),
+                    functools.partial(channel.fetch, base, stale, batch, progress, job, max_size=max_size),
                 )
             except TransientRemoteError as exc:
-                await retry.transient(exc, progressed=delivered > before, what="threaded fetch")
+                await retry.transient(exc, progressed=progress.count > before, what="threaded fetch")
             except AuthenticationFailed as exc:
                 await retry.auth_failed(exc, stale)
             finally:
-                client.stats.bytes_received += received
-                received = 0
+                client.stats.bytes_received += progress.take_bytes()
 
     async def fetch_chunks_parts(
         self, digests: Sequence[str], *, max_size: int = blob.MAX_BLOB_SIZE

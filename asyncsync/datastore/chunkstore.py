@@ -218,23 +218,14 @@ class ChunkStore:
         final = f"{folder}/{digest}"
         if not replace and _touch_if_present(final):
             return False
-        if prefix not in self._prefixes:
-            try:
-                os.mkdir(folder)
-            except FileExistsError:
-                pass
-            except FileNotFoundError:  # .chunks itself is missing
-                os.makedirs(folder, exist_ok=True)
-            self._prefixes.add(prefix)
+        self._ensure_prefix(prefix, folder)
         if self._tmpfile_ok:
             linked = self._insert_anonymous(final, folder, digest, parts, replace=replace)
             if linked is not None:
                 if linked and self.sync_level is SyncLevel.FILE:
                     fsync_dir(folder)
                 return linked
-        if TMP_DIR not in self._prefixes:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            self._prefixes.add(TMP_DIR)
+        self._ensure_tmp_dir()
         tmp = self.tmp_dir / tmp_name(digest)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -252,6 +243,35 @@ class ChunkStore:
         if self.sync_level is SyncLevel.FILE:
             fsync_dir(folder)
         return True
+
+    def _ensure_prefix(self, prefix: str, folder: str) -> None:
+        """Create the prefix folder ``folder`` unless this store already made or saw it."""
+        if prefix not in self._prefixes:
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # .chunks itself is missing
+                os.makedirs(folder, exist_ok=True)
+            self._prefixes.add(prefix)
+
+    def _ensure_tmp_dir(self) -> None:
+        if TMP_DIR not in self._prefixes:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._prefixes.add(TMP_DIR)
+
+    def open_blob_writer(self, digest: str) -> ChunkFileWriter:
+        """A file for ``digest``'s blob, written piece by piece, invisible until committed.
+
+        For a caller that receives a blob in pieces and verifies it as they pass
+        (a pull's threaded transfer): :meth:`ChunkFileWriter.write` each piece,
+        then :meth:`ChunkFileWriter.commit` once the whole blob is verified, which
+        puts it in place *replacing* any file there (as :meth:`insert_parts` with
+        ``replace=True``), or :meth:`ChunkFileWriter.discard` to drop it. Blocking;
+        nothing is opened before the first ``write``. Errors: :class:`StorageError`.
+        """
+        check_digest(digest)
+        return ChunkFileWriter(self, digest)
 
     def _insert_anonymous(
         self,
@@ -384,8 +404,159 @@ class ChunkStore:
         return removed
 
 
+class ChunkFileWriter:
+    """One chunk blob being written by :meth:`ChunkStore.open_blob_writer`; not thread-safe.
+
+    Where the bytes go: an unnamed file (``O_TMPFILE``) in the chunk's prefix
+    folder while the store's unnamed files work, else a named temp file in
+    ``.chunks/.tmp/`` (the same fallback as :meth:`ChunkStore.insert_parts`).
+    Neither is visible under the chunk's name before :meth:`commit`; an unnamed
+    file vanishes with its descriptor (discard, crash), a named temp is unlinked
+    by :meth:`discard` and, after a crash, by :meth:`ChunkStore.cleanup_temp`.
+
+    :meth:`commit` links the unnamed file into place; ``linkat`` cannot replace
+    a file, so when one is there already (an untrusted copy the pull was meant to
+    replace) the file is linked under a temp name in ``.tmp/`` and renamed over
+    it. Where linking an unnamed file is refused (no ``/proc``, ``EPERM``...),
+    its bytes are copied into a named temp which is renamed, and the store uses
+    named temps from then on. With ``SyncLevel.FILE`` the file is fsynced before
+    it is linked and the prefix folder after.
+    """
+
+    __slots__ = ("_fd", "_folder", "_store", "_tmp", "digest", "final", "size")
+
+    def __init__(self, store: ChunkStore, digest: str) -> None:
+        self._store = store
+        self.digest = digest
+        self._folder = f"{store._base_str}/{digest[:4]}"
+        self.final = f"{self._folder}/{digest}"
+        self._fd = -1
+        #: the named temp file in use (fallback path), None for an unnamed file
+        self._tmp: str | None = None
+        #: bytes written so far
+        self.size = 0
+
+    def __repr__(self) -> str:
+        where = "closed" if self._fd < 0 else ("unnamed" if self._tmp is None else "named temp")
+        return f"ChunkFileWriter({self.digest[:12]}..., {self.size} bytes, {where})"
+
+    def _error(self, exc: OSError) -> StorageError:
+        return StorageError(f"cannot write chunk {self.digest}: {exc.strerror or exc}")
+
+    def _open(self) -> None:
+        store = self._store
+        store._ensure_prefix(self.digest[:4], self._folder)
+        if store._tmpfile_ok:
+            try:
+                self._fd = os.open(self._folder, os.O_TMPFILE | os.O_RDWR, 0o644)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise self._error(exc) from exc
+                store._tmpfile_ok = False
+        self._open_named()
+
+    def _open_named(self) -> None:
+        self._store._ensure_tmp_dir()
+        tmp = f"{self._store.tmp_dir}/{tmp_name(self.digest)}"
+        try:
+            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        self._tmp = tmp
+
+    def write(self, piece: bytes | memoryview) -> None:
+        """Append ``piece`` (opening the file on the first call)."""
+        if self._fd < 0:
+            self._open()
+        try:
+            write_all(self._fd, [piece])
+        except OSError as exc:
+            raise self._error(exc) from exc
+        self.size += len(piece)
+
+    def commit(self) -> None:
+        """Make the written blob the chunk's file, replacing any file there; then closed.
+
+        The caller has verified every byte. On an error nothing new is visible
+        under the chunk's name and the writer is discarded.
+        """
+        if self._fd < 0:
+            self._open()  # an empty blob: still a file (never valid, but not this layer's call)
+        fsync = self._store.sync_level is SyncLevel.FILE
+        try:
+            if fsync:
+                os.fsync(self._fd)
+            if self._tmp is None:
+                self._link_unnamed()
+            if self._tmp is not None:
+                os.replace(self._tmp, self.final)
+                self._tmp = None
+            if fsync:
+                fsync_dir(self._folder)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        finally:
+            self.discard()
+
+    def _link_unnamed(self) -> None:
+        """Link the unnamed file at its final name, or under a temp name (``self._tmp``) to rename."""
+        src = f"/proc/self/fd/{self._fd}"
+        try:
+            # linkat(AT_SYMLINK_FOLLOW), as in ChunkStore._insert_anonymous
+            os.link(src, self.final, src_dir_fd=self._fd, follow_symlinks=True)
+            return
+        except FileExistsError:
+            pass  # an (untrusted) file is there: link aside, then rename over it
+        except FileNotFoundError:
+            if os.path.isdir("/proc/self/fd"):
+                raise StorageError(f"cannot write chunk {self.digest}: folder vanished") from None
+            self._copy_to_named()
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            self._copy_to_named()
+            return
+        self._store._ensure_tmp_dir()
+        tmp = f"{self._store.tmp_dir}/{tmp_name(self.digest)}"
+        os.link(src, tmp, src_dir_fd=self._fd, follow_symlinks=True)
+        self._tmp = tmp
+
+    def _copy_to_named(self) -> None:
+        """Linking unnamed files is refused here: copy this one into a named temp (rare)."""
+        self._store._tmpfile_ok = False
+        src = self._fd
+        self._fd = -1
+        try:
+            self._open_named()
+            offset = 0
+            while offset < self.size:
+                data = os.pread(src, min(WRITE_PIECE, self.size - offset), offset)
+                if not data:
+                    raise StorageError(f"cannot write chunk {self.digest}: temp file shrank")
+                write_all(self._fd, [data])
+                offset += len(data)
+            if self._store.sync_level is SyncLevel.FILE:
+                os.fsync(self._fd)
+        finally:
+            os.close(src)
+
+    def discard(self) -> None:
+        """Close and drop what was written (a named temp is unlinked). Idempotent, never raises."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 __all__ = [
     "TMP_DIR",
+    "ChunkFileWriter",
     "ChunkStore",
     "SyncLevel",
     "fsync_dir",

@@ -12,6 +12,10 @@
                                       chunks: each decoded (CRC, bounded zstd), size ==
                                       index size, blake3 == digest, then inserted; one
                                       journal write for the hop
+                                  (threaded sources, no rate limit: the transfer runs on
+                                   one of the pool's threads, each blob handed in pieces
+                                   to a VerifyingWriter: hashed, CRC'd and written to an
+                                   unnamed file as it arrives, linked in place once verified)
 
 Guarantees:
 
@@ -25,10 +29,21 @@ Guarantees:
   holds its batch's expected bytes from a byte budget (``max_inflight``) while
   it fetches, verifies and writes; received blobs wait for at most one thread
   hop (:data:`FLUSH_CHUNKS` / :data:`FLUSH_BYTES`) and are dropped after it.
-* **Nothing unverified is written.** A blob is decoded with the index's chunk
-  size as the decompression limit (a zstd bomb or an oversized chunk is refused
-  before allocation), its content length must equal that size and its blake3
-  digest must equal the requested digest; only then is it inserted.
+  On the threaded path a raw blob is never held whole: each connection reads
+  pieces of at most :data:`asyncsync.client.blocking.RECV_PIECE` bytes into one
+  reused buffer and :class:`VerifyingWriter` hashes and writes each piece, so
+  the receive memory per transfer thread is a constant, whatever the chunk size
+  (it was the largest blob before, up to 16 MiB per thread). A zstd blob is
+  still collected whole (at most its index size plus the blob overhead) and
+  decoded at its end.
+* **Nothing unverified becomes visible.** A blob is decoded with the index's
+  chunk size as the decompression limit (a zstd bomb or an oversized chunk is
+  refused before allocation), its content length must equal that size and its
+  blake3 digest must equal the requested digest; only then is it inserted. A
+  raw blob on the threaded path is written *while* it is verified, but into an
+  unnamed file (or a temp file in ``.chunks/.tmp/``) that gets the chunk's name
+  only after the digest and CRC matched; a blob that fails, is cut short or is
+  cancelled leaves nothing (:meth:`ChunkStore.open_blob_writer`).
 * **Retries.** The client already retries a failed request; a batch stream that
   breaks part-way (:class:`~asyncsync.errors.TransientRemoteError`) is retried
   here for the digests not yet received, with exponential backoff and jitter.
@@ -53,7 +68,7 @@ from dataclasses import dataclass
 import blake3
 
 from ..datastore import blob as blobcodec
-from ..datastore.chunkstore import ChunkStore
+from ..datastore.chunkstore import ChunkFileWriter, ChunkStore
 from ..errors import (
     AsyncSyncError,
     ChunkTooLarge,
@@ -65,7 +80,7 @@ from ..errors import (
 )
 from .adaptive import AdaptiveLimit
 from .ratelimit import RateLimiter
-from .source import BlobData, SnapshotSource, ThreadedChunks
+from .source import BlobData, BlobWriter, SnapshotSource, ThreadedChunks
 from .threads import run_write
 
 #: called after each verified chunk with (received bytes, uncompressed bytes)
@@ -119,11 +134,7 @@ def verify_and_write(
         parts = [b"".join(parts)]  # a header split across pieces (tiny pieces): rare
     total = sum(len(p) for p in parts)
     if parts and memoryview(parts[0])[:8] == blobcodec.RAW_MAGIC:
-        payload_len = total - blobcodec.HEADER_SIZE
-        if payload_len > size:
-            raise ChunkTooLarge(f"chunk of {payload_len} bytes exceeds the limit of {size}")
-        if payload_len != size:
-            raise CorruptBlob(f"chunk {digest} has {payload_len} bytes, its index says {size}")
+        _check_raw_size(digest, total - blobcodec.HEADER_SIZE, size)
         first = memoryview(parts[0])[blobcodec.HEADER_SIZE :]
         hasher = blake3.blake3(first)
         crc = blobcodec.crc32(first)
@@ -146,6 +157,190 @@ def verify_and_write(
     if journal is not None:
         journal([digest])
     return written
+
+
+def _check_raw_size(digest: str, payload_len: int, size: int) -> None:
+    """A raw blob's payload must be exactly the index's chunk size."""
+    if payload_len > size:
+        raise ChunkTooLarge(f"chunk of {payload_len} bytes exceeds the limit of {size}")
+    if payload_len != size:
+        raise CorruptBlob(f"chunk {digest} has {payload_len} bytes, its index says {size}")
+
+
+#: the most a zstd blob may exceed its chunk's index size (zstd is kept only when it is smaller,
+#: so a valid one never does; this is the blob format's general overhead allowance)
+_ZSTD_SLACK = blobcodec.MAX_BLOB_SIZE - blobcodec.MAX_CHUNK_SIZE
+
+
+class VerifyingWriter:
+    """Verifies and stores one chunk blob that arrives in pieces (a :class:`BlobWriter`). Blocking.
+
+    ``VerifyingWriter(store, digest, size, length)``: ``size`` is the chunk's
+    size from its index, ``length`` the blob's announced length (header
+    included). Refused at once: a blob over :data:`~asyncsync.datastore.blob.MAX_BLOB_SIZE`
+    (:class:`ChunkTooLarge`) or shorter than a header (:class:`CorruptBlob`).
+    Once the 12-byte header is in (the first piece, normally):
+
+    * **raw blob** (the common case): its payload length must equal ``size``
+      (:class:`ChunkTooLarge` / :class:`CorruptBlob`, before anything is written);
+      then each piece is blake3-hashed, CRC'd and written to a
+      :class:`~asyncsync.datastore.chunkstore.ChunkFileWriter` (an unnamed file,
+      invisible); :meth:`finish` compares the digest (:class:`DigestMismatch`) and
+      the CRC (:class:`CorruptBlob`) and only then commits the file, *replacing*
+      a file already there (see :func:`verify_and_write` for why). Memory: none
+      per blob beyond the caller's piece.
+    * **zstd blob**: collected whole (at most ``size`` + header + 64 KiB, so never
+      more than the largest blob), decoded at :meth:`finish` with ``size`` as the
+      bound (:func:`~asyncsync.datastore.blob.decode_verified`), then inserted.
+    * any other magic: :class:`CorruptBlob`.
+
+    After a successful :meth:`finish`, ``journal([digest])`` is called and then
+    ``on_stored()``. :meth:`abort` (also called by :meth:`finish` itself when
+    it fails) drops everything: nothing is left in the store.
+    """
+
+    __slots__ = (
+        "_crc",
+        "_expected_crc",
+        "_file",
+        "_hasher",
+        "_head",
+        "_journal",
+        "_on_stored",
+        "_received",
+        "_store",
+        "_whole",
+        "digest",
+        "length",
+        "size",
+    )
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        digest: str,
+        size: int,
+        length: int,
+        journal: JournalCallback | None = None,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        if length > blobcodec.MAX_BLOB_SIZE:
+            raise ChunkTooLarge(f"chunk {digest}: blob of {length} bytes exceeds the limit")
+        if length < blobcodec.HEADER_SIZE:
+            raise CorruptBlob(f"chunk {digest}: blob too short ({length} bytes)")
+        self._store = store
+        self.digest = digest
+        self.size = size
+        self.length = length
+        self._journal = journal
+        self._on_stored = on_stored
+        #: the header while it is incomplete; None once the blob's kind is known
+        self._head: bytearray | None = bytearray()
+        self._received = 0
+        self._file: ChunkFileWriter | None = None
+        self._hasher: blake3.blake3 | None = None
+        self._crc = 0
+        self._expected_crc = 0
+        self._whole: bytearray | None = None
+
+    def __repr__(self) -> str:
+        kind = "header" if self._head is not None else ("zstd" if self._whole is not None else "raw")
+        return f"VerifyingWriter({self.digest[:12]}..., {self._received}/{self.length} bytes, {kind})"
+
+    def feed(self, piece: memoryview) -> None:
+        """Take the next piece of the blob."""
+        n = len(piece)
+        if self._received + n > self.length:
+            raise CorruptBlob(f"chunk {self.digest}: more bytes than the announced {self.length}")
+        start = self._received
+        self._received += n
+        head = self._head
+        if head is not None:
+            take = blobcodec.HEADER_SIZE - len(head)
+            split = bool(head)  # an earlier piece held part of the header (tiny pieces: rare)
+            head += piece[:take]
+            if len(head) < blobcodec.HEADER_SIZE:
+                return
+            self._start(bytes(head))
+            if self._whole is None:
+                # raw: header and payload leave in one write (a separate one for the header cost a
+                # syscall per chunk, which showed with 64 KiB chunks); a split header is joined
+                payload = piece[take:]
+                self._raw(payload, bytes(head) + payload if split else piece)
+                return
+            piece = piece[take:]
+            start = blobcodec.HEADER_SIZE
+        if self._whole is not None:
+            self._whole[start : start + len(piece)] = piece
+            return
+        self._raw(piece, piece)
+
+    def _raw(self, payload: memoryview, data: bytes | memoryview) -> None:
+        """Hash and CRC ``payload`` (raw blob content), write ``data`` (it, or it after the header)."""
+        assert self._hasher is not None and self._file is not None
+        self._hasher.update(payload)
+        self._crc = blobcodec.crc32(payload, self._crc)
+        self._file.write(data)
+
+    def _start(self, head: bytes) -> None:
+        """The header is complete: check it and set up the raw or zstd path."""
+        self._head = None
+        magic = head[:8]
+        if magic == blobcodec.RAW_MAGIC:
+            _check_raw_size(self.digest, self.length - blobcodec.HEADER_SIZE, self.size)
+            self._expected_crc = struct.unpack_from("<I", head, 8)[0]
+            self._hasher = blake3.blake3()
+            self._file = self._store.open_blob_writer(self.digest)  # the header is written by feed
+        elif magic == blobcodec.ZSTD_MAGIC:
+            if self.length > self.size + blobcodec.HEADER_SIZE + _ZSTD_SLACK:
+                raise ChunkTooLarge(
+                    f"chunk {self.digest}: compressed blob of {self.length} bytes for {self.size} bytes"
+                )
+            self._whole = bytearray(self.length)
+            self._whole[: blobcodec.HEADER_SIZE] = head
+        else:
+            raise CorruptBlob(f"chunk {self.digest}: unknown blob magic")
+
+    def finish(self) -> None:
+        """Verify the whole blob and store it; see the class docstring for the errors."""
+        try:
+            if self._received != self.length:
+                raise CorruptBlob(
+                    f"chunk {self.digest}: {self._received} bytes received, {self.length} announced"
+                )
+            if self._whole is not None:
+                whole = memoryview(self._whole)
+                content = blobcodec.decode_verified(whole, self.digest, max_size=self.size)
+                if len(content) != self.size:
+                    raise CorruptBlob(
+                        f"chunk {self.digest} has {len(content)} bytes, its index says {self.size}"
+                    )
+                self._store.insert_parts(self.digest, [whole], replace=True)
+                self._whole = None
+            else:
+                assert self._hasher is not None and self._file is not None
+                actual = self._hasher.hexdigest()
+                if actual != self.digest:
+                    raise DigestMismatch(self.digest, actual)
+                # the content is right, but a stored blob must also pass a later local verify
+                if self._crc != self._expected_crc:
+                    raise CorruptBlob(f"chunk {self.digest}: blob CRC mismatch")
+                file, self._file = self._file, None
+                file.commit()
+        except BaseException:
+            self.abort()
+            raise
+        if self._journal is not None:
+            self._journal([self.digest])
+        if self._on_stored is not None:
+            self._on_stored()
+
+    def abort(self) -> None:
+        """Drop the blob: the unnamed (or temp) file is discarded, a collected blob freed."""
+        file, self._file = self._file, None
+        if file is not None:
+            file.discard()
+        self._whole = None
 
 
 def verify_and_write_many(
@@ -175,6 +370,46 @@ def verify_and_write_many(
     if journal is not None and done:
         journal([digest for digest, _, _ in items[:done]])
     return done, error
+
+
+class _PoolReceiver:
+    """The :class:`~asyncsync.sync.source.BlobReceiver` of one threaded transfer of a
+    :class:`FetchPool` batch (its methods run in the transfer's worker thread)."""
+
+    __slots__ = ("_journal", "_seen", "_store", "_todo", "stored")
+
+    def __init__(self, store: ChunkStore, todo: dict[str, _Slot], journal: JournalCallback | None) -> None:
+        self._store = store
+        self._todo = todo
+        self._journal = journal
+        self._seen: set[str] = set()
+        #: (slot, blob length) of each chunk verified and stored, in order
+        self.stored: list[tuple[_Slot, int]] = []
+
+    def _slot(self, digest: str) -> _Slot:
+        slot = self._todo.get(digest)
+        # a digest counts as seen once stored: a blob cut short is begun again by the retry
+        if slot is None or digest in self._seen:
+            raise RemoteError(f"source sent chunk {digest}, which was not requested")
+        return slot
+
+    def begin(self, digest: str, length: int) -> BlobWriter:
+        slot = self._slot(digest)
+
+        def on_stored() -> None:
+            self._seen.add(digest)
+            self.stored.append((slot, length))
+
+        return VerifyingWriter(self._store, digest, slot.size, length, self._journal, on_stored)
+
+    def whole(self, digest: str, blob: memoryview) -> None:
+        """A blob received whole: :func:`verify_and_write`, what :class:`VerifyingWriter` does in one call."""
+        slot = self._slot(digest)
+        if len(blob) > blobcodec.MAX_BLOB_SIZE:
+            raise ChunkTooLarge(f"chunk {digest}: blob of {len(blob)} bytes exceeds the limit")
+        verify_and_write(self._store, digest, [blob], slot.size, self._journal)
+        self._seen.add(digest)
+        self.stored.append((slot, len(blob)))
 
 
 class ByteBudget:
@@ -581,26 +816,15 @@ class FetchPool:
         self, reader: ThreadedChunks, todo: dict[str, _Slot], executor: ThreadPoolExecutor
     ) -> None:
         """:meth:`_fetch_into` for a threaded source: each chunk is verified, written and
-        journalled in the receiving thread as it arrives; the slots of the stored ones
-        are completed here afterwards, also when the transfer failed part-way."""
-        store = self.store
-        journal = self._journal
-        stored: list[tuple[_Slot, int]] = []
-        seen: set[str] = set()
-
-        def sink(digest: str, view: memoryview) -> None:  # in a worker thread
-            slot = todo.get(digest)
-            if slot is None or digest in seen:
-                raise RemoteError(f"source sent chunk {digest}, which was not requested")
-            seen.add(digest)
-            if len(view) > blobcodec.MAX_BLOB_SIZE:
-                raise ChunkTooLarge(f"chunk {digest}: blob of {len(view)} bytes exceeds the limit")
-            verify_and_write(store, digest, [view], slot.size, journal)
-            stored.append((slot, len(view)))
+        journalled in the receiving thread as its pieces arrive (:class:`VerifyingWriter`);
+        the slots of the stored ones are completed here afterwards, also when the
+        transfer failed part-way. A chunk counts as stored only once its writer finished."""
+        receiver = _PoolReceiver(self.store, todo, self._journal)
+        stored = receiver.stored
 
         await self.adaptive.acquire()
         try:
-            await reader.fetch_chunks_threaded(list(todo), sink, executor)
+            await reader.fetch_chunks_threaded(list(todo), receiver, executor)
         finally:
             self.adaptive.release(sum(wire for _, wire in stored))
             for slot, wire in stored:
@@ -634,6 +858,7 @@ __all__ = [
     "FetchPool",
     "FetchPoolStatistics",
     "JournalCallback",
+    "VerifyingWriter",
     "blob_length",
     "verify_and_write",
     "verify_and_write_many",

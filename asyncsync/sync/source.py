@@ -19,8 +19,9 @@ Contract of every source:
   blob is :data:`BlobData`: its bytes, or its bytes in pieces (a list, in order),
   so that a network source need not join what the transport delivered in pieces.
 * a snapshot source may also offer :class:`ThreadedChunks`: the same chunks,
-  delivered to a blocking sink on a worker thread (receive, verify and write in
-  one thread, no event-loop work per byte). The engine prefers it when present.
+  delivered in pieces to a blocking :class:`BlobReceiver` on a worker thread
+  (receive, verify and write in one thread, no event-loop work per byte, memory
+  per connection independent of the chunk size). The engine prefers it when present.
 """
 
 from __future__ import annotations
@@ -49,6 +50,47 @@ BlobData = bytes | list[bytes | memoryview]
 #: receives ``(digest, blob)`` in a worker thread; the view is valid only during the call
 BlobSink = Callable[[str, memoryview], None]
 
+# BlobWriter and BlobReceiver are Protocols, so asyncsync.client.blocking declares the same two
+# (the client layer does not import sync/, and importing the client here would cost every local
+# pull http.client's import): any object fitting one fits the other.
+
+
+class BlobWriter(Protocol):
+    """Takes one blob in pieces, in a worker thread (from :meth:`BlobReceiver.begin`).
+
+    The source calls :meth:`feed` with consecutive pieces (together exactly the
+    length given to ``begin``; each view valid only during the call), then
+    :meth:`finish` once. If the blob is not finished (a truncated stream,
+    cancellation, an error of the writer or of the transfer), :meth:`abort` is
+    called instead, always, also after ``feed`` or ``finish`` raised; it must
+    not raise and may be called more than once. An exception from ``feed`` or
+    ``finish`` ends the transfer and propagates unchanged.
+    """
+
+    def feed(self, piece: memoryview) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class BlobReceiver(Protocol):
+    """Where a :class:`ThreadedChunks` source delivers blobs, each by one of two calls.
+
+    ``begin(digest, length)`` is called in the worker thread when a blob of
+    ``length`` bytes (the whole encoded blob, header included) starts, in request
+    order, and returns the :class:`BlobWriter` its pieces go to; its exception
+    ends the transfer and propagates unchanged (no writer was begun, so none is
+    aborted). A source that has a blob whole in memory (one that fits one
+    receive piece, or a local file) may instead call ``whole(digest, blob)``:
+    the same effect as ``begin`` + ``feed(blob)`` + ``finish``, in one call (the
+    view is valid only during it; its exception ends the transfer likewise).
+    """
+
+    def begin(self, digest: str, length: int) -> BlobWriter: ...
+
+    def whole(self, digest: str, blob: memoryview) -> None: ...
+
 
 @runtime_checkable
 class SnapshotSource(Protocol):
@@ -67,18 +109,23 @@ class SnapshotSource(Protocol):
 
 @runtime_checkable
 class ThreadedChunks(Protocol):
-    """Optional for a :class:`SnapshotSource`: chunks delivered on a worker thread.
+    """Optional for a :class:`SnapshotSource`: chunks delivered on a worker thread, in pieces.
 
-    ``fetch_chunks_threaded(digests, sink, executor)`` runs the transfer on a
-    thread of ``executor`` and calls ``sink(digest, blob)`` there for each digest,
-    in order, blobs unverified (the sink verifies and writes). An exception from
-    the sink ends the call and propagates. When the call returns or raises (also
-    on cancellation) the thread is done with it and the sink is not called again.
-    Errors are those of :meth:`SnapshotSource.fetch_chunks`.
+    ``fetch_chunks_threaded(digests, receiver, executor)`` runs the transfer on a
+    thread of ``executor`` and there, for each digest in order, calls
+    ``receiver.begin(digest, length)`` and feeds the blob's bytes to the writer it
+    returns as they arrive (unverified: the writer verifies and writes), then
+    ``finish()``; a blob that is not finished is ``abort()``-ed (see
+    :class:`BlobWriter`). A network source reads at most a fixed piece per step
+    into a per-connection buffer, so its memory does not grow with the chunk size.
+    An exception from the receiver or a writer ends the call and propagates
+    unchanged (it is not a transfer error and is not retried). When the call
+    returns or raises (also on cancellation) the thread is done with it and the
+    receiver is not called again. Errors are those of :meth:`SnapshotSource.fetch_chunks`.
     """
 
     async def fetch_chunks_threaded(
-        self, digests: Sequence[str], sink: BlobSink, executor: Executor
+        self, digests: Sequence[str], receiver: BlobReceiver, executor: Executor
     ) -> None: ...
 
 
@@ -184,8 +231,13 @@ class LocalSnapshotSource:
         for d, b in zip(digests, blobs, strict=True):
             yield d, b
 
-    async def fetch_chunks_threaded(self, digests: Sequence[str], sink: BlobSink, executor: Executor) -> None:
-        """Read each chunk and pass it to ``sink``, in one hop on ``executor`` (:class:`ThreadedChunks`)."""
+    async def fetch_chunks_threaded(
+        self, digests: Sequence[str], receiver: BlobReceiver, executor: Executor
+    ) -> None:
+        """Read each chunk and pass it to ``receiver``, in one hop on ``executor`` (:class:`ThreadedChunks`).
+
+        A local chunk file is read whole (it is at most a blob's size) and handed over whole.
+        """
         token = CancelToken()
         wanted = list(digests)
 
@@ -194,7 +246,7 @@ class LocalSnapshotSource:
                 token.check()
                 if d not in self._allowed:
                     raise PermissionDenied(f"chunk {d} is not referenced by a downloaded index")
-                sink(d, memoryview(self._store.chunks.read(d)))
+                receiver.whole(d, memoryview(self._store.chunks.read(d)))
 
         await run_with_token(executor, token, run)
 
@@ -286,9 +338,11 @@ class HttpSnapshotSource:
                 with contextlib.suppress(Exception):
                     await aclose()
 
-    async def fetch_chunks_threaded(self, digests: Sequence[str], sink: BlobSink, executor: Executor) -> None:
+    async def fetch_chunks_threaded(
+        self, digests: Sequence[str], receiver: BlobReceiver, executor: Executor
+    ) -> None:
         """Blocking connections on ``executor``'s threads (:class:`ThreadedChunks`)."""
-        await self._session.fetch_chunks_threaded(digests, sink, executor)
+        await self._session.fetch_chunks_threaded(digests, receiver, executor)
 
     async def aclose(self) -> None:
         await self._session.aclose()
@@ -379,7 +433,9 @@ class HttpSource:
 
 __all__ = [
     "BlobData",
+    "BlobReceiver",
     "BlobSink",
+    "BlobWriter",
     "BulkListing",
     "HttpSnapshotSource",
     "HttpSource",
