@@ -21,6 +21,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 
@@ -110,6 +111,30 @@ class DynamicIndex:
 Index = FixedIndex | DynamicIndex
 
 
+#: entries unpacked per ``struct`` call when an index is decoded: one C call per block instead of
+#: a Python step per entry (an 8,500-chunk fixed index: 2.6 ms -> 0.2 ms); blocks, not one
+#: format for the whole body, so the format stays small for a 1 GiB index
+_UNPACK_BLOCK = 4096
+_FIXED_BLOCK = struct.Struct("<" + "32s" * _UNPACK_BLOCK)
+_DYNAMIC_BLOCK = struct.Struct("<" + "Q32s" * _UNPACK_BLOCK)
+
+
+def _unpack_all(block: struct.Struct, item: str, item_size: int, body: memoryview) -> tuple[Any, ...]:
+    """The fields of every ``item`` (a struct format of ``item_size`` bytes) in ``body``, flat, in order.
+
+    ``len(body)`` is a multiple of ``item_size``; ``block`` is ``item`` repeated
+    :data:`_UNPACK_BLOCK` times.
+    """
+    out: list[Any] = []
+    whole = len(body) - len(body) % block.size
+    for off in range(0, whole, block.size):
+        out.extend(block.unpack_from(body, off))
+    rest = (len(body) - whole) // item_size
+    if rest:
+        out.extend(struct.unpack_from("<" + item * rest, body, whole))
+    return tuple(out)
+
+
 def decode_index(data: bytes | memoryview) -> Index:
     """Decode either index kind; raises :class:`CorruptIndex` on any defect."""
     view = memoryview(data)
@@ -125,7 +150,7 @@ def decode_index(data: bytes | memoryview) -> Index:
             raise CorruptIndex("fixed index body is not a whole number of digests")
         if blake3.blake3(body).digest() != checksum:
             raise CorruptIndex("fixed index checksum mismatch")
-        digests = tuple(bytes(body[i : i + 32]) for i in range(0, len(body), 32))
+        digests = _unpack_all(_FIXED_BLOCK, "32s", 32, body)
         return FixedIndex(digests, size, chunk_size, uid, ctime)
     if magic == DYNAMIC_MAGIC:
         if len(view) < _DYNAMIC_HEADER.size:
@@ -136,10 +161,8 @@ def decode_index(data: bytes | memoryview) -> Index:
             raise CorruptIndex("dynamic index body is not a whole number of entries")
         if blake3.blake3(body).digest() != checksum:
             raise CorruptIndex("dynamic index checksum mismatch")
-        entries = tuple(
-            (struct.unpack_from("<Q", body, i)[0], bytes(body[i + 8 : i + 40]))
-            for i in range(0, len(body), _DYN_ENTRY)
-        )
+        flat = iter(_unpack_all(_DYNAMIC_BLOCK, "Q32s", _DYN_ENTRY, body))
+        entries = tuple(zip(flat, flat, strict=True))
         return DynamicIndex(entries, uid, ctime)
     raise CorruptIndex("unknown index magic")
 
