@@ -107,7 +107,7 @@ class BlobReceiver(Protocol):
 #: Why a fixed piece and not the whole blob: the buffer was grown to the largest blob (4 MiB in
 #: the bench, 16 MiB allowed) on each of up to 8 connections, so a pull's memory depended on how
 #: far the adaptive transfer limit climbed. Measured on the cold rig: see docs/architecture.md.
-RECV_PIECE = 1024 * 1024
+RECV_PIECE = 512 * 1024
 
 _MAX_ERROR_BODY = 64 * 1024
 _HEADER = protocol.FRAME_HEADER
