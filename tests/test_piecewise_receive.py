@@ -41,6 +41,7 @@ from serverutil import (
     Installation,
     RunningServer,
     WrittenSnapshot,
+    http_source,
     make_installation,
     write_snapshot,
 )
@@ -56,7 +57,6 @@ from asyncsync.names import Namespace, SnapshotId
 from asyncsync.server.app import make_app, serve
 from asyncsync.sync.fetch import VerifyingWriter
 from asyncsync.sync.groupfilter import GroupFilters
-from asyncsync.sync.source import HttpSource
 
 BIG = "vm/900/2026-11-23T08:00:00Z"
 BIG_ID = SnapshotId.parse(BIG)
@@ -177,22 +177,9 @@ async def piece_server(
         faults.release.set()
 
 
-async def connect(srv: RunningServer, inst: Installation, *, retries: int = 4) -> HttpSource:
-    return await HttpSource.connect(
-        srv.host,
-        srv.port,
-        inst.sync_token,
-        inst.sync_secret,
-        inst.store_name,
-        fingerprint=srv.fingerprint,
-        tls=srv.tls,
-        retries=retries,
-    )
-
-
 async def pull_big(srv: RunningServer, inst: Installation, dst: Datastore, **opts: Any) -> PullReport:
     """Pull only ``vm/900`` (threaded path: no rate limit); ``retries`` for the pull and the client."""
-    source = await connect(srv, inst, retries=opts.get("retries", 4))
+    source = await http_source(srv, inst, tls=srv.tls, retries=opts.get("retries", 4))
     try:
         report = await pull(
             source, dst, PullOptions(group_filter=GroupFilters.parse(["group:vm/900"]), **opts)
@@ -284,7 +271,7 @@ async def test_pull_of_multi_piece_chunks_is_identical_and_buffers_stay_one_piec
 ) -> None:
     inst, digests = big
     async with piece_server(inst, tls=tls) as (srv, _):
-        source = await connect(srv, inst)
+        source = await http_source(srv, inst, tls=srv.tls)
         try:
             report = await pull(source, dst)
             channel = source.client.channel
@@ -664,7 +651,7 @@ async def test_cancelled_pull_mid_blob_leaves_nothing(
     spy = Spy(dst, victim, signal_after=RECV_PIECE // 2)
     async with piece_server(inst) as (srv, faults):
         faults.mode, faults.victim = "stall", victim
-        source = await connect(srv, inst)
+        source = await http_source(srv, inst, tls=srv.tls)
         try:
             task = asyncio.create_task(
                 pull(source, dst, PullOptions(group_filter=GroupFilters.parse(["group:vm/900"])))

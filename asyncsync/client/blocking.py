@@ -59,9 +59,10 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, cast
 
 from .. import protocol
+from ..blobsink import BlobReceiver, BlobSink, BlobWriter
 from ..datastore.threads import CancelToken, OperationCancelled
 from ..errors import (
     AsyncSyncError,
@@ -71,37 +72,6 @@ from ..errors import (
 )
 from ..fingerprint import format_fingerprint
 from .errors import error_for_status, tls_handshake_failed, untrusted_certificate
-
-#: called in the worker thread with each received blob; the view is valid only during the call
-BlobSink = Callable[[str, memoryview], None]
-
-
-class BlobWriter(Protocol):
-    """Takes one blob in pieces (the contract is :class:`asyncsync.sync.source.BlobWriter`'s).
-
-    ``feed`` consecutive pieces (views valid only during the call), then
-    ``finish``; a blob not finished is ``abort``-ed, always (``abort`` never raises).
-    """
-
-    def feed(self, piece: memoryview) -> None: ...
-
-    def finish(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-@runtime_checkable
-class BlobReceiver(Protocol):
-    """``begin(digest, length)`` for each blob received in pieces, ``whole(digest, view)`` for
-    each received in one, in request order.
-
-    The contract is :class:`asyncsync.sync.source.BlobReceiver`'s.
-    """
-
-    def begin(self, digest: str, length: int) -> BlobWriter: ...
-
-    def whole(self, digest: str, blob: memoryview) -> None: ...
-
 
 #: the most of a blob's body read per step into a connection's buffer and handed to its writer.
 #: Why a fixed piece and not the whole blob: the buffer was grown to the largest blob (4 MiB in

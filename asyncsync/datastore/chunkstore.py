@@ -96,6 +96,22 @@ def write_all(fd: int, parts: Iterable[bytes | memoryview], *, fsync: bool = Fal
         os.fsync(fd)
 
 
+#: errnos of an ``O_TMPFILE`` open that mean "not supported here" (the store then uses named temps)
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+#: errnos of linking an unnamed file that mean "refused here" (likewise)
+_NO_LINK = (errno.EXDEV, errno.EOPNOTSUPP, errno.EPERM)
+
+
+def _link_unnamed(fd: int, path: str) -> None:
+    """Give the unnamed (``O_TMPFILE``) file open as ``fd`` the name ``path``; errors as ``linkat``.
+
+    linkat(…, AT_SYMLINK_FOLLOW) is what links an unnamed file; Python only calls linkat
+    (not link, which would link the /proc symlink itself) when a dir fd is given: the
+    source path is absolute, so the kernel ignores that fd.
+    """
+    os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+
+
 def _touch_if_present(final: str) -> bool:
     """True (and the chunk's mtime set to now, for gc's grace period) if a chunk of a
     plausible size is at ``final``; False if there is none, or a damaged one to rewrite."""
@@ -298,16 +314,13 @@ class ChunkStore:
         try:
             fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o644)
         except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            if exc.errno in _NO_TMPFILE:
                 self._tmpfile_ok = False
                 return None
             raise StorageError(f"cannot write chunk {digest}: {exc.strerror}") from exc
         try:
             write_all(fd, parts, fsync=self.sync_level is SyncLevel.FILE)
-            # linkat(…, AT_SYMLINK_FOLLOW) is what links an unnamed file; Python only calls linkat
-            # (not link, which would link the /proc symlink itself) when a dir fd is given: the
-            # source path is absolute, so the kernel ignores that fd
-            os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+            _link_unnamed(fd, final)
         except FileExistsError:
             if replace:  # rare: an untrusted copy is there; link cannot overwrite, rename can
                 return None
@@ -325,7 +338,7 @@ class ChunkStore:
                 return None
             raise StorageError(f"cannot write chunk {digest}: folder vanished") from None
         except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.EOPNOTSUPP, errno.EPERM):  # linking unnamed files refused
+            if exc.errno in _NO_LINK:
                 self._tmpfile_ok = False
                 return None
             raise StorageError(f"cannot write chunk {digest}: {exc.strerror}") from exc
@@ -451,7 +464,7 @@ class ChunkFileWriter:
                 self._fd = os.open(self._folder, os.O_TMPFILE | os.O_RDWR, 0o644)
                 return
             except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                if exc.errno not in _NO_TMPFILE:
                     raise self._error(exc) from exc
                 store._tmpfile_ok = False
         self._open_named()
@@ -501,10 +514,8 @@ class ChunkFileWriter:
 
     def _link_unnamed(self) -> None:
         """Link the unnamed file at its final name, or under a temp name (``self._tmp``) to rename."""
-        src = f"/proc/self/fd/{self._fd}"
         try:
-            # linkat(AT_SYMLINK_FOLLOW), as in ChunkStore._insert_anonymous
-            os.link(src, self.final, src_dir_fd=self._fd, follow_symlinks=True)
+            _link_unnamed(self._fd, self.final)
             return
         except FileExistsError:
             pass  # an (untrusted) file is there: link aside, then rename over it
@@ -514,13 +525,13 @@ class ChunkFileWriter:
             self._copy_to_named()
             return
         except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.EPERM):
+            if exc.errno not in _NO_LINK:
                 raise
             self._copy_to_named()
             return
         self._store._ensure_tmp_dir()
         tmp = f"{self._store.tmp_dir}/{tmp_name(self.digest)}"
-        os.link(src, tmp, src_dir_fd=self._fd, follow_symlinks=True)
+        _link_unnamed(self._fd, tmp)
         self._tmp = tmp
 
     def _copy_to_named(self) -> None:

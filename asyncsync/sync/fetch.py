@@ -141,22 +141,32 @@ def verify_and_write(
         for p in parts[1:]:
             hasher.update(p)
             crc = blobcodec.crc32(p, crc)
-        actual = hasher.hexdigest()
-        if actual != digest:
-            raise DigestMismatch(digest, actual)
-        # the content is right, but a stored blob must also pass a later local verify
-        if crc != struct.unpack_from("<I", parts[0], 8)[0]:
-            raise CorruptBlob(f"chunk {digest}: blob CRC mismatch")
+        _check_raw(digest, hasher, crc, struct.unpack_from("<I", parts[0], 8)[0])
         written = store.insert_parts(digest, parts, replace=True)
     else:
         whole = parts[0] if len(parts) == 1 else b"".join(parts)
-        content = blobcodec.decode_verified(whole, digest, max_size=size)
-        if len(content) != size:
-            raise CorruptBlob(f"chunk {digest} has {len(content)} bytes, its index says {size}")
-        written = store.insert_parts(digest, [whole], replace=True)
+        written = _store_compressed(store, digest, whole, size)
     if journal is not None:
         journal([digest])
     return written
+
+
+def _check_raw(digest: str, hasher: blake3.blake3, crc: int, expected_crc: int) -> None:
+    """A raw blob's payload hashed to ``digest`` and its CRC matches its header's."""
+    actual = hasher.hexdigest()
+    if actual != digest:
+        raise DigestMismatch(digest, actual)
+    # the content is right, but a stored blob must also pass a later local verify
+    if crc != expected_crc:
+        raise CorruptBlob(f"chunk {digest}: blob CRC mismatch")
+
+
+def _store_compressed(store: ChunkStore, digest: str, whole: bytes | memoryview, size: int) -> bool:
+    """Decode a zstd blob (bounded by ``size``), check it, and store it replacing any file there."""
+    content = blobcodec.decode_verified(whole, digest, max_size=size)
+    if len(content) != size:
+        raise CorruptBlob(f"chunk {digest} has {len(content)} bytes, its index says {size}")
+    return store.insert_parts(digest, [whole], replace=True)
 
 
 def _check_raw_size(digest: str, payload_len: int, size: int) -> None:
@@ -309,22 +319,11 @@ class VerifyingWriter:
                     f"chunk {self.digest}: {self._received} bytes received, {self.length} announced"
                 )
             if self._whole is not None:
-                whole = memoryview(self._whole)
-                content = blobcodec.decode_verified(whole, self.digest, max_size=self.size)
-                if len(content) != self.size:
-                    raise CorruptBlob(
-                        f"chunk {self.digest} has {len(content)} bytes, its index says {self.size}"
-                    )
-                self._store.insert_parts(self.digest, [whole], replace=True)
+                _store_compressed(self._store, self.digest, memoryview(self._whole), self.size)
                 self._whole = None
             else:
                 assert self._hasher is not None and self._file is not None
-                actual = self._hasher.hexdigest()
-                if actual != self.digest:
-                    raise DigestMismatch(self.digest, actual)
-                # the content is right, but a stored blob must also pass a later local verify
-                if self._crc != self._expected_crc:
-                    raise CorruptBlob(f"chunk {self.digest}: blob CRC mismatch")
+                _check_raw(self.digest, self._hasher, self._crc, self._expected_crc)
                 file, self._file = self._file, None
                 file.commit()
         except BaseException:

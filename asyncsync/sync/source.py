@@ -29,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .. import protocol
+from ..blobsink import BlobReceiver, BlobSink, BlobWriter
 from ..datastore.datastore import Datastore
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME
@@ -47,49 +48,6 @@ if TYPE_CHECKING:
 
 #: a received blob: its bytes, or its bytes as pieces in order (``b"".join`` gives the bytes)
 BlobData = bytes | list[bytes | memoryview]
-#: receives ``(digest, blob)`` in a worker thread; the view is valid only during the call
-BlobSink = Callable[[str, memoryview], None]
-
-# BlobWriter and BlobReceiver are Protocols, so asyncsync.client.blocking declares the same two
-# (the client layer does not import sync/, and importing the client here would cost every local
-# pull http.client's import): any object fitting one fits the other.
-
-
-class BlobWriter(Protocol):
-    """Takes one blob in pieces, in a worker thread (from :meth:`BlobReceiver.begin`).
-
-    The source calls :meth:`feed` with consecutive pieces (together exactly the
-    length given to ``begin``; each view valid only during the call), then
-    :meth:`finish` once. If the blob is not finished (a truncated stream,
-    cancellation, an error of the writer or of the transfer), :meth:`abort` is
-    called instead, always, also after ``feed`` or ``finish`` raised; it must
-    not raise and may be called more than once. An exception from ``feed`` or
-    ``finish`` ends the transfer and propagates unchanged.
-    """
-
-    def feed(self, piece: memoryview) -> None: ...
-
-    def finish(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class BlobReceiver(Protocol):
-    """Where a :class:`ThreadedChunks` source delivers blobs, each by one of two calls.
-
-    ``begin(digest, length)`` is called in the worker thread when a blob of
-    ``length`` bytes (the whole encoded blob, header included) starts, in request
-    order, and returns the :class:`BlobWriter` its pieces go to; its exception
-    ends the transfer and propagates unchanged (no writer was begun, so none is
-    aborted). A source that has a blob whole in memory (one that fits one
-    receive piece, or a local file) may instead call ``whole(digest, blob)``:
-    the same effect as ``begin`` + ``feed(blob)`` + ``finish``, in one call (the
-    view is valid only during it; its exception ends the transfer likewise).
-    """
-
-    def begin(self, digest: str, length: int) -> BlobWriter: ...
-
-    def whole(self, digest: str, blob: memoryview) -> None: ...
 
 
 @runtime_checkable
