@@ -119,6 +119,22 @@ def test_namespace_rules(store: Datastore) -> None:
     assert store.list_namespaces() == [ROOT_NS]
 
 
+def test_namespace_removal_leaves_a_group_another_operation_holds(store: Datastore) -> None:
+    """Groups are removed under their locks: a group a backup or sync holds stays, with its
+    snapshots, and the error names it; the others go. Once released it can be removed."""
+    a = Namespace.parse("a")
+    store.create_namespace(a)
+    other = SnapshotId(GroupId.parse("ct/7"), 1000)
+    _write_snapshot(store, a, _snap(1000))
+    _write_snapshot(store, a, other, b"other")
+    with store.group_lock(a, VM), pytest.raises(Conflict, match=r"1 group\(s\) locked .*vm/100"):
+        store.remove_namespace(a, delete_groups=True)
+    assert store.snapshot_exists(a, _snap(1000))
+    assert not store.snapshot_exists(a, other)
+    store.remove_namespace(a, delete_groups=True)
+    assert store.list_namespaces() == [ROOT_NS]
+
+
 def test_cleanup_temp_removes_only_dead_writers(store: Datastore) -> None:
     digest, _ = store.chunks.insert_data(b"chunk")
     prefix = store.chunks.path(digest).parent

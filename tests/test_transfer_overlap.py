@@ -11,19 +11,31 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
-from pullutil import T0, FaultySource, add_snapshot, chunk_files, leftovers, new_store, store_tree
+from pullutil import (
+    T0,
+    FaultySource,
+    add_snapshot,
+    archive_bytes,
+    chunk_files,
+    leftovers,
+    new_store,
+    store_tree,
+)
 
 from asyncsync import PullOptions, PullReport, pull
 from asyncsync.datastore import blob
 from asyncsync.datastore.datastore import Datastore
-from asyncsync.names import GroupId, Namespace
+from asyncsync.datastore.gc import GcReport, run_gc
+from asyncsync.errors import Locked
+from asyncsync.names import ROOT_NS as ROOT
+from asyncsync.names import GroupId, Namespace, SnapshotId
 from asyncsync.sync import pull as pull_mod
 from asyncsync.sync.report import GroupStatus
-from asyncsync.sync.source import LocalSource
+from asyncsync.sync.source import LocalSource, SnapshotSource
 
 DAY = 86_400
 GROUP = GroupId.parse("vm/100")
@@ -93,6 +105,77 @@ def test_reused_trusted_chunks_are_touched_for_gc(src: Datastore, dst: Datastore
             assert mtime > old + DAY, digest
     untouched = [d for d in chunk_files(dst) if os.stat(dst.chunks.path(d)).st_mtime == old]
     assert untouched  # snapshot 1's own chunks, not in snapshot 2: not touched
+
+
+OTHER = GroupId.parse("vm/200")
+OLD = 1_000_000_000  # 2001
+
+
+class _StrikeAt(FaultySource):
+    """Runs ``action`` in a worker thread when chunk ``digest`` arrives, before handing it on."""
+
+    def __init__(self, inner: LocalSource, digest: str, action: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self.digest = digest
+        self.action = action
+
+    async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
+        return _StrikeReader(await self.inner.open_reader(ns, snap), self)
+
+
+class _StrikeReader:
+    def __init__(self, inner: SnapshotSource, owner: _StrikeAt) -> None:
+        self.inner = inner
+        self.owner = owner
+
+    async def download(self, name: str) -> bytes:
+        return await self.inner.download(name)
+
+    async def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
+        async for d, b in self.inner.fetch_chunks(digests):
+            if d == self.owner.digest:
+                await asyncio.to_thread(self.owner.action)
+            yield d, b
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_gc_during_the_transfer_keeps_every_reused_chunk(src: Datastore, dst: Datastore) -> None:
+    """vm/100's snapshot 2 reuses chunks of its own snapshot 1 and of vm/200 (a clone).
+    Mid-transfer, after the reused chunks were checked: vm/200's snapshot is forgotten
+    (its group is not locked; vm/100's is, by the pull) and a gc runs with a 1 h grace
+    period, every chunk's mtime having been set to 2001 before the pull. The clone's
+    chunks are then referenced by nothing committed; the touch is what keeps them. The
+    new snapshot is complete."""
+    own = [random.Random(i).randbytes(3000) for i in range(30)]
+    cloned = [random.Random(1000 + i).randbytes(3000) for i in range(20)]
+    add_snapshot(src, "", GROUP, T0, shared=own, chunks=2)
+    add_snapshot(src, "", OTHER, T0, shared=cloned, chunks=2, rng=random.Random(7))
+    assert _pull(LocalSource(src), dst).ok
+    add_snapshot(src, "", GROUP, T0 + DAY, shared=own + cloned, chunks=3)
+    for digest in chunk_files(dst):
+        os.utime(dst.chunks.path(digest), (OLD, OLD))
+    victim = blob.digest_of(own[0])  # missing here: fetched after the check, which is when we strike
+    os.unlink(dst.chunks.path(victim))
+    seen: list[GcReport] = []
+
+    def strike() -> None:  # blocking: runs in a worker thread, as a gc job would
+        with dst.group_lock(ROOT, OTHER):
+            dst.remove_snapshot(ROOT, SnapshotId(OTHER, T0))
+        with pytest.raises(Locked), dst.group_lock(ROOT, GROUP):
+            pass
+        seen.append(run_gc(dst, grace_seconds=3600))
+
+    report = _pull(_StrikeAt(LocalSource(src), victim, strike), dst)
+    assert report.ok, report.failure_message()
+    [gc_report] = seen
+    assert gc_report.removed > 0  # vm/200's own chunks went
+    new = SnapshotId(GROUP, T0 + DAY)
+    referenced = dst.snapshot_digests(ROOT, new)
+    assert {blob.digest_of(c) for c in own + cloned} <= referenced
+    assert [d for d in referenced if not dst.chunks.path(d).is_file()] == []
+    assert archive_bytes(dst, ROOT, new, "root.didx") == archive_bytes(src, ROOT, new, "root.didx")
 
 
 def test_a_failing_presence_check_fails_the_group_and_leaves_nothing(

@@ -252,7 +252,12 @@ class Datastore:
 
     def remove_namespace(self, ns: Namespace, *, delete_groups: bool = False) -> None:
         """Remove ``ns`` and its sub-namespaces. Refuses a non-empty one unless ``delete_groups``;
-        even then a protected snapshot keeps its namespace (raises :class:`Conflict`)."""
+        even then a protected snapshot keeps its namespace, and so does a group another
+        operation holds locked (a backup or sync writing into it): both raise
+        :class:`Conflict` after the rest was removed.
+
+        Each group is removed under its lock, as every removal of a committed snapshot is
+        (a pull reuses the chunks of a group's newest snapshot on that promise)."""
         if ns.is_root:
             raise InvalidInput("the root namespace cannot be removed", field="ns")
         if not self.namespace_exists(ns):
@@ -261,11 +266,23 @@ class Datastore:
         groups = [(n, g) for n in all_ns for g in self.list_groups(n)]
         if groups and not delete_groups:
             raise Conflict(f"namespace {ns!s} is not empty ({len(groups)} groups); use --delete-groups")
-        kept = [g for n, g in groups if not self.remove_group(n, g)]
-        if kept:
-            raise Conflict(
-                f"namespace {ns!s} keeps {len(kept)} group(s) with protected snapshots; the rest was removed"
-            )
+        kept: list[GroupId] = []
+        busy: list[GroupId] = []
+        for n, g in groups:
+            try:
+                with self.group_lock(n, g):
+                    if not self.remove_group(n, g):
+                        kept.append(g)
+            except Locked:
+                busy.append(g)
+        if kept or busy:
+            why = []
+            if kept:
+                why.append(f"{len(kept)} group(s) with protected snapshots")
+            if busy:
+                first = f"{busy[0]}, ..." if len(busy) > 1 else str(busy[0])
+                why.append(f"{len(busy)} group(s) locked by a running backup or sync ({first})")
+            raise Conflict(f"namespace {ns!s} keeps " + " and ".join(why) + "; the rest was removed")
         shutil.rmtree(self.ns_path(ns))
 
     # ---- groups ----------------------------------------------------------
