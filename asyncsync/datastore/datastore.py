@@ -256,8 +256,8 @@ class Datastore:
         operation holds locked (a backup or sync writing into it): both raise
         :class:`Conflict` after the rest was removed.
 
-        Each group is removed under its lock, as every removal of a committed snapshot is
-        (a pull reuses the chunks of a group's newest snapshot on that promise)."""
+        Each group is removed under its lock, as forget and remove-vanished remove
+        snapshots, so a backup or pull writing into it keeps it."""
         if ns.is_root:
             raise InvalidInput("the root namespace cannot be removed", field="ns")
         if not self.namespace_exists(ns):
