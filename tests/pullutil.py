@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from asyncsync.datastore.chunkstore import SyncLevel
@@ -146,6 +146,8 @@ class FaultySnapshot:
     async def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
         self.source.requests.append(list(digests))
         async for d, b in self.inner.fetch_chunks(digests):
+            if self.source.before_chunk is not None:
+                await self.source.before_chunk(d)
             hook = self.source.on_chunk
             if hook is not None:
                 b = hook(d, b)
@@ -158,11 +160,13 @@ class FaultySnapshot:
 
 class FaultySource:
     """A source wrapper with hooks: ``on_chunk(digest, blob) -> blob`` (may raise),
+    ``before_chunk(digest)`` (awaited as each chunk arrives, before ``on_chunk``),
     ``on_download(name, data) -> data``, extra listing items, counters."""
 
     def __init__(self, inner: Source) -> None:
         self.inner = inner
         self.on_chunk: Callable[[str, bytes], bytes] | None = None
+        self.before_chunk: Callable[[str], Awaitable[None]] | None = None
         self.on_download: Callable[[str, bytes], bytes] | None = None
         self.extra_snapshots: list[SnapshotItem] = []
         self.fetched: list[str] = []

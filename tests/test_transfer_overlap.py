@@ -11,7 +11,7 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ from asyncsync.names import ROOT_NS as ROOT
 from asyncsync.names import GroupId, Namespace, SnapshotId
 from asyncsync.sync import pull as pull_mod
 from asyncsync.sync.report import GroupStatus
-from asyncsync.sync.source import LocalSource, SnapshotSource
+from asyncsync.sync.source import LocalSource
 
 DAY = 86_400
 GROUP = GroupId.parse("vm/100")
@@ -111,36 +111,6 @@ OTHER = GroupId.parse("vm/200")
 OLD = 1_000_000_000  # 2001
 
 
-class _StrikeAt(FaultySource):
-    """Runs ``action`` in a worker thread when chunk ``digest`` arrives, before handing it on."""
-
-    def __init__(self, inner: LocalSource, digest: str, action: Callable[[], None]) -> None:
-        super().__init__(inner)
-        self.digest = digest
-        self.action = action
-
-    async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
-        return _StrikeReader(await self.inner.open_reader(ns, snap), self)
-
-
-class _StrikeReader:
-    def __init__(self, inner: SnapshotSource, owner: _StrikeAt) -> None:
-        self.inner = inner
-        self.owner = owner
-
-    async def download(self, name: str) -> bytes:
-        return await self.inner.download(name)
-
-    async def fetch_chunks(self, digests: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
-        async for d, b in self.inner.fetch_chunks(digests):
-            if d == self.owner.digest:
-                await asyncio.to_thread(self.owner.action)
-            yield d, b
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 def test_gc_during_the_transfer_keeps_every_reused_chunk(src: Datastore, dst: Datastore) -> None:
     """vm/100's snapshot 2 reuses chunks of its own snapshot 1 and of vm/200 (a clone).
     Mid-transfer, after the reused chunks were checked: vm/200's snapshot is forgotten
@@ -167,7 +137,13 @@ def test_gc_during_the_transfer_keeps_every_reused_chunk(src: Datastore, dst: Da
             pass
         seen.append(run_gc(dst, grace_seconds=3600))
 
-    report = _pull(_StrikeAt(LocalSource(src), victim, strike), dst)
+    async def at_victim(digest: str) -> None:
+        if digest == victim:
+            await asyncio.to_thread(strike)
+
+    faulty = FaultySource(LocalSource(src))
+    faulty.before_chunk = at_victim
+    report = _pull(faulty, dst)
     assert report.ok, report.failure_message()
     [gc_report] = seen
     assert gc_report.removed > 0  # vm/200's own chunks went
