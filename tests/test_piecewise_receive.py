@@ -52,7 +52,7 @@ from asyncsync.client.blocking import RECV_PIECE
 from asyncsync.datastore import blob
 from asyncsync.datastore.chunkstore import ChunkFileWriter, ChunkStore, SyncLevel
 from asyncsync.datastore.datastore import Datastore
-from asyncsync.errors import ChunkTooLarge, CorruptBlob, DigestMismatch
+from asyncsync.errors import ChunkTooLarge, CorruptBlob, DigestMismatch, StorageError
 from asyncsync.names import Namespace, SnapshotId
 from asyncsync.server.app import make_app, serve
 from asyncsync.sync.fetch import VerifyingWriter
@@ -625,6 +625,39 @@ def test_link_refused_falls_back_to_a_copied_named_temp(
     assert path.read_bytes() == payload
     assert store.chunks._tmpfile_ok is False  # named temps from now on
     assert tmp_dir_files(store) == [] and unnamed_files_open(store) == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_a_failed_rename_over_an_existing_file_leaves_it_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    """Replacing a file already at the chunk's name goes through a temp name (the unnamed
+    file linked aside, or the named temp) and a rename. If that rename fails: a clear
+    StorageError, the old file untouched, the temp name gone, no unnamed file left open."""
+    store = new_store(tmp_path / "s", "s")
+    use_tmpfile(store, unnamed)
+    digest = "ef" * 32
+    path = store.chunks.path(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"old")
+    renamed: list[str] = []
+
+    def failing_replace(src: Any, dst: Any, **kw: Any) -> None:
+        renamed.append(str(src))
+        raise OSError(errno.EIO, "injected: rename failed")
+
+    w = store.chunks.open_blob_writer(digest)
+    w.write(random.Random(5).randbytes(2 * 1024 * 1024 + 5))
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(StorageError, match=f"cannot write chunk {digest}: injected"):
+        w.commit()
+    monkeypatch.undo()
+    [aside] = renamed  # the temp name the rename would have moved
+    assert os.path.dirname(aside) == str(store.chunks.tmp_dir)
+    assert not os.path.exists(aside)
+    assert path.read_bytes() == b"old"
+    assert tmp_dir_files(store) == [] and unnamed_files_open(store) == []
+    w.discard()  # idempotent after the failed commit
 
 
 def test_sync_level_file_writes_and_links(tmp_path: Path) -> None:
