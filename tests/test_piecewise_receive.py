@@ -43,6 +43,7 @@ from serverutil import (
     WrittenSnapshot,
     http_source,
     make_installation,
+    running_server,
     write_snapshot,
 )
 from test_pull_http import content, dst  # noqa: F401
@@ -54,7 +55,7 @@ from asyncsync.datastore.chunkstore import ChunkFileWriter, ChunkStore, SyncLeve
 from asyncsync.datastore.datastore import Datastore
 from asyncsync.errors import ChunkTooLarge, CorruptBlob, DigestMismatch, StorageError
 from asyncsync.names import Namespace, SnapshotId
-from asyncsync.server.app import make_app, serve
+from asyncsync.server.app import make_app
 from asyncsync.sync.fetch import VerifyingWriter
 from asyncsync.sync.groupfilter import GroupFilters
 
@@ -171,8 +172,8 @@ async def piece_server(
     app = make_app(inst.paths, options=TEST_OPTIONS)
     app.middlewares.append(piece_middleware(faults))
     try:
-        async with serve(inst.paths, "127.0.0.1", 0, tls=tls, options=TEST_OPTIONS, app=app) as info:
-            yield RunningServer(inst.paths, info.host, info.port, info.tls, info.fingerprint), faults
+        async with running_server(inst.paths, tls=tls, app=app) as srv:
+            yield srv, faults
     finally:
         faults.release.set()
 

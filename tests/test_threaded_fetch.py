@@ -168,8 +168,8 @@ async def stage_server(inst: Installation, *, tls: bool = True) -> AsyncIterator
     app = make_app(inst.paths, options=TEST_OPTIONS)
     app.middlewares.append(stage_middleware(stage))
     try:
-        async with serve(inst.paths, "127.0.0.1", 0, tls=tls, options=TEST_OPTIONS, app=app) as info:
-            yield RunningServer(inst.paths, info.host, info.port, info.tls, info.fingerprint), stage
+        async with running_server(inst.paths, tls=tls, app=app) as srv:
+            yield srv, stage
     finally:
         stage.release.set()
 

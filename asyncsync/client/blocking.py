@@ -710,7 +710,7 @@ def _receive(
             view = buf[: min(remaining, RECV_PIECE)]
             _read_exact(resp, view)
             job.check()
-            try:
+            try:  # _sink_call inlined: no closure per piece
                 writer.feed(view)
             except Exception as exc:
                 raise _SinkFailed(exc) from None

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 from .. import protocol
+from ..blobsink import BlobReceiver, BlobSink, BlobWriter
 from ..datastore import blob
 from ..datastore.manifest import MANIFEST_NAME
 from ..datastore.threads import run_with_token
@@ -56,7 +57,7 @@ from ..errors import (
 )
 from ..fingerprint import parse_fingerprint
 from ..names import ROOT_NS, AuthId, GroupId, Namespace, SnapshotId, check_archive_name, check_digest, safe_id
-from .blocking import BlobReceiver, BlobSink, BlobWriter, BlockingChannel, FetchJob, as_receiver
+from .blocking import BlockingChannel, FetchJob, as_receiver
 from .errors import error_for_status, map_client_error
 
 log = logging.getLogger("asyncsync.client")
@@ -552,8 +553,7 @@ class _CountedWriter:
 
     def finish(self) -> None:
         self._inner.finish()
-        self._owner.count += 1
-        self._owner.bytes += protocol.FRAME_HEADER.size + self._length
+        self._owner.finished(self._length)
 
     def abort(self) -> None:
         self._inner.abort()
@@ -577,8 +577,12 @@ class _Delivered:
 
     def whole(self, digest: str, blob: memoryview) -> None:
         self.receiver.whole(digest, blob)
+        self.finished(len(blob))
+
+    def finished(self, length: int) -> None:
+        """Count one finished blob of ``length`` bytes (its frame header added)."""
         self.count += 1
-        self.bytes += protocol.FRAME_HEADER.size + len(blob)
+        self.bytes += protocol.FRAME_HEADER.size + length
 
     def take_bytes(self) -> int:
         n, self.bytes = self.bytes, 0

@@ -241,8 +241,7 @@ class ChunkStore:
                 if linked and self.sync_level is SyncLevel.FILE:
                     fsync_dir(folder)
                 return linked
-        self._ensure_tmp_dir()
-        tmp = self.tmp_dir / tmp_name(digest)
+        tmp = self._temp_path(digest)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -252,7 +251,7 @@ class ChunkStore:
             os.replace(tmp, final)
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp)
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write chunk {digest}: {exc.strerror}") from exc
             raise
@@ -271,10 +270,12 @@ class ChunkStore:
                 os.makedirs(folder, exist_ok=True)
             self._prefixes.add(prefix)
 
-    def _ensure_tmp_dir(self) -> None:
+    def _temp_path(self, digest: str) -> str:
+        """A fresh temp name for ``digest`` in ``.chunks/.tmp/`` (the folder made if needed)."""
         if TMP_DIR not in self._prefixes:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             self._prefixes.add(TMP_DIR)
+        return f"{self.tmp_dir}/{tmp_name(digest)}"
 
     def open_blob_writer(self, digest: str) -> ChunkFileWriter:
         """A file for ``digest``'s blob, written piece by piece, invisible until committed.
@@ -470,9 +471,8 @@ class ChunkFileWriter:
         self._open_named()
 
     def _open_named(self) -> None:
-        self._store._ensure_tmp_dir()
-        tmp = f"{self._store.tmp_dir}/{tmp_name(self.digest)}"
         try:
+            tmp = self._store._temp_path(self.digest)
             self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             raise self._error(exc) from exc
@@ -529,8 +529,7 @@ class ChunkFileWriter:
                 raise
             self._copy_to_named()
             return
-        self._store._ensure_tmp_dir()
-        tmp = f"{self._store.tmp_dir}/{tmp_name(self.digest)}"
+        tmp = self._store._temp_path(self.digest)
         _link_unnamed(self._fd, tmp)
         self._tmp = tmp
 

@@ -112,8 +112,9 @@ Index = FixedIndex | DynamicIndex
 
 
 #: entries unpacked per ``struct`` call when an index is decoded: one C call per block instead of
-#: a Python step per entry (an 8,500-chunk fixed index: 2.6 ms -> 0.2 ms); blocks, not one
-#: format for the whole body, so the format stays small for a 1 GiB index
+#: a Python step per entry (an 8,500-chunk fixed index decoded in 0.71 ms instead of 2.67 ms, its
+#: checksum included); blocks, not one format for the whole body, so the format stays small for
+#: a 1 GiB index
 _UNPACK_BLOCK = 4096
 _FIXED_BLOCK = struct.Struct("<" + "32s" * _UNPACK_BLOCK)
 _DYNAMIC_BLOCK = struct.Struct("<" + "Q32s" * _UNPACK_BLOCK)

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 
 import blake3
 
+from ..blobsink import BlobWriter
 from ..datastore import blob as blobcodec
 from ..datastore.chunkstore import ChunkFileWriter, ChunkStore
 from ..errors import (
@@ -80,7 +81,7 @@ from ..errors import (
 )
 from .adaptive import AdaptiveLimit
 from .ratelimit import RateLimiter
-from .source import BlobData, BlobWriter, SnapshotSource, ThreadedChunks
+from .source import BlobData, SnapshotSource, ThreadedChunks
 from .threads import run_write
 
 #: called after each verified chunk with (received bytes, uncompressed bytes)

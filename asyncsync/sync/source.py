@@ -34,7 +34,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .. import protocol
-from ..blobsink import BlobReceiver, BlobSink, BlobWriter
+from ..blobsink import BlobReceiver
 from ..datastore.datastore import Datastore
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME
@@ -74,7 +74,7 @@ class ThreadedChunks(Protocol):
     ``receiver.begin(digest, length)`` and feeds the blob's bytes to the writer it
     returns as they arrive (unverified: the writer verifies and writes), then
     ``finish()``; a blob that is not finished is ``abort()``-ed (see
-    :class:`BlobWriter`). A network source reads at most a fixed piece per step
+    :class:`~asyncsync.blobsink.BlobWriter`). A network source reads at most a fixed piece per step
     into a per-connection buffer, so its memory does not grow with the chunk size.
     An exception from the receiver or a writer ends the call and propagates
     unchanged (it is not a transfer error and is not retried). When the call
@@ -392,8 +392,6 @@ class HttpSource:
 __all__ = [
     "BlobData",
     "BlobReceiver",
-    "BlobSink",
-    "BlobWriter",
     "BulkListing",
     "HttpSnapshotSource",
     "HttpSource",
