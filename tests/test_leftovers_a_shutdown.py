@@ -83,12 +83,13 @@ async def chunk_download(
 
 
 async def shutting_down(srv: SubprocessServer) -> None:
-    """SIGTERM, then wait (bounded by the test timeout) until the socket stops accepting."""
+    """SIGTERM, then wait (bounded by the test timeout) until the socket stops accepting:
+    a connection refused, or reset because it was still queued when the listener closed."""
     srv.proc.send_signal(signal.SIGTERM)
     while True:
         try:
             _, writer = await asyncio.open_connection(srv.host, srv.port)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             return
         writer.close()
         await writer.wait_closed()
