@@ -163,3 +163,35 @@ def test_write_all_splits_large_parts_and_keeps_every_byte(tmp_path: Path) -> No
     finally:
         os.close(fd)
     assert path.read_bytes() == b"".join(parts)
+
+
+def test_piecewise_writer_hands_the_kernel_at_most_write_piece_per_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A received 512 KiB piece (the client's RECV_PIECE) reaches ``os.write`` in calls of at
+    most WRITE_PIECE bytes: large writes make ext4 allocate large page-cache folios, which cost
+    several times more system time here (docs/performance.md, session 8). Both writer kinds."""
+    payload = random.Random(3).randbytes(3 * 512 * 1024 + 999)
+    raw = blob.encode(payload)
+    digest = blob.digest_of(payload)
+    sizes: list[int] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes | memoryview) -> int:
+        sizes.append(len(data))
+        return real_write(fd, data)
+
+    for store in _stores(tmp_path):
+        sizes.clear()
+        writer = store.open_blob_writer(digest)
+        view = memoryview(raw)
+        monkeypatch.setattr(os, "write", spy)
+        try:
+            for off in range(0, len(raw), 512 * 1024):
+                writer.write(view[off : off + 512 * 1024])
+        finally:
+            monkeypatch.setattr(os, "write", real_write)
+        writer.commit()
+        assert sum(sizes) == len(raw)
+        assert max(sizes) <= WRITE_PIECE < 512 * 1024
+        assert Path(store.path(digest)).read_bytes() == raw

@@ -77,11 +77,13 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-#: the most one ``write`` call hands the kernel. Why: for a single write of 2 MiB or more,
-#: ext4 (large folios, Linux 6.x) allocates 2 MiB page-cache folios; on a VM whose free memory
-#: the host has taken back, filling those cost 3.6-4.7 s of system time per GiB, against
-#: 0.3-0.4 s/GiB in writes of 64 KiB to 1 MiB (docs/performance.md, "Page-cache folios").
-WRITE_PIECE = 1024 * 1024
+#: the most one ``write`` call hands the kernel. Why: ext4 on Linux 6.x sizes the page-cache
+#: folios of a buffered write by the write's length, and on this VM (whose free memory the host
+#: takes back) filling large folios costs several times more system time than small ones. A
+#: 2 GiB cold pull's client spent 4.4-5.8 s of system time in 512 KiB writes, 2.0-2.6 s in
+#: 64 KiB writes (128 KiB: 2.6-3.5 s); 4 MiB writes had cost 3.6-4.7 s per GiB (session 3).
+#: See docs/performance.md, "Page-cache folios" and "Session 8".
+WRITE_PIECE = 64 * 1024
 
 
 def write_all(fd: int, parts: Iterable[bytes | memoryview], *, fsync: bool = False) -> None:
