@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncsync.client.blocking import RECV_PIECE
 from asyncsync.datastore import blob
 from asyncsync.datastore.chunkstore import TMP_DIR, WRITE_PIECE, ChunkStore, SyncLevel, write_all
 from asyncsync.datastore.datastore import Datastore
@@ -168,10 +169,10 @@ def test_write_all_splits_large_parts_and_keeps_every_byte(tmp_path: Path) -> No
 def test_piecewise_writer_hands_the_kernel_at_most_write_piece_per_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A received 512 KiB piece (the client's RECV_PIECE) reaches ``os.write`` in calls of at
-    most WRITE_PIECE bytes: large writes make ext4 allocate large page-cache folios, which cost
+    """A received piece (the client's RECV_PIECE) reaches ``os.write`` in calls of at most
+    WRITE_PIECE bytes: large writes make ext4 allocate large page-cache folios, which cost
     several times more system time here (docs/performance.md, session 8). Both writer kinds."""
-    payload = random.Random(3).randbytes(3 * 512 * 1024 + 999)
+    payload = random.Random(3).randbytes(3 * RECV_PIECE + 999)
     raw = blob.encode(payload)
     digest = blob.digest_of(payload)
     sizes: list[int] = []
@@ -185,13 +186,11 @@ def test_piecewise_writer_hands_the_kernel_at_most_write_piece_per_call(
         sizes.clear()
         writer = store.open_blob_writer(digest)
         view = memoryview(raw)
-        monkeypatch.setattr(os, "write", spy)
-        try:
-            for off in range(0, len(raw), 512 * 1024):
-                writer.write(view[off : off + 512 * 1024])
-        finally:
-            monkeypatch.setattr(os, "write", real_write)
+        with monkeypatch.context() as mp:
+            mp.setattr(os, "write", spy)
+            for off in range(0, len(raw), RECV_PIECE):
+                writer.write(view[off : off + RECV_PIECE])
         writer.commit()
         assert sum(sizes) == len(raw)
-        assert max(sizes) <= WRITE_PIECE < 512 * 1024
+        assert max(sizes) <= WRITE_PIECE < RECV_PIECE
         assert Path(store.path(digest)).read_bytes() == raw

@@ -79,9 +79,10 @@ def fsync_dir(path: str | Path) -> None:
 
 #: the most one ``write`` call hands the kernel. Why: ext4 on Linux 6.x sizes the page-cache
 #: folios of a buffered write by the write's length, and on this VM (whose free memory the host
-#: takes back) filling large folios costs several times more system time than small ones. A
-#: 2 GiB cold pull's client spent 4.4-5.8 s of system time in 512 KiB writes, 2.0-2.6 s in
-#: 64 KiB writes (128 KiB: 2.6-3.5 s); 4 MiB writes had cost 3.6-4.7 s per GiB (session 3).
+#: takes back) filling large folios costs several times more system time than small ones. In
+#: interleaved 2 GiB cold pulls the client spent 4.4-5.9 s of system time in 512 KiB writes
+#: (the received piece whole), 1.6-2.6 s in 64 KiB writes (128 KiB: 2.6-3.5 s); 4 MiB writes
+#: had cost 3.6-4.7 s per GiB (session 3).
 #: See docs/performance.md, "Page-cache folios" and "Session 8".
 WRITE_PIECE = 64 * 1024
 
