@@ -256,3 +256,19 @@ def test_manifest_refuses_bad_content() -> None:
         Manifest.decode(blob.encode(b"{not json"))
     with pytest.raises(CorruptManifest):
         Manifest.decode(b"garbage that is not a blob")
+
+
+def test_index_uuids_are_version_4_and_random() -> None:
+    """An index's UUID is what ``uuid.uuid4().bytes`` would give: version 4, RFC 4122
+    variant, the other 122 bits random (no two indexes share one)."""
+    import uuid
+
+    from asyncsync.datastore.index import uuid4_bytes
+
+    seen = {uuid4_bytes() for _ in range(2000)}
+    assert len(seen) == 2000
+    for raw in list(seen)[:200]:
+        u = uuid.UUID(bytes=raw)
+        assert u.version == 4
+        assert u.variant == uuid.RFC_4122
+    assert all(len(FixedIndex((), 0, 4096).uuid) == 16 for _ in range(3))

@@ -155,3 +155,35 @@ def test_invalid_name_is_invalid_input_with_exit_code_2() -> None:
         BackupType.parse("disk")
     assert info.value.exit_code == 2
     assert "disk" in str(info.value)
+
+
+@given(
+    st.integers(0, 9999),
+    st.integers(0, 99),
+    st.integers(0, 99),
+    st.integers(0, 99),
+    st.integers(0, 99),
+    st.integers(0, 99),
+)
+@settings(max_examples=300, deadline=None)
+def test_parse_time_agrees_with_strptime(y: int, mo: int, d: int, h: int, mi: int, s: int) -> None:
+    """The positional parse accepts exactly what ``strptime`` accepted, with the same value:
+    impossible dates and times (month 13, 30 February, second 60) are refused."""
+    from datetime import UTC, datetime
+
+    text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}Z"
+    try:
+        want: int | None = int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        want = None
+    if want is None:
+        with pytest.raises(InvalidName):
+            parse_time(text)
+    else:
+        assert parse_time(text) == want
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-01-01T24:00:00Z"])
+def test_parse_time_refuses_impossible_times(bad: str) -> None:
+    with pytest.raises(InvalidName, match="invalid backup time"):
+        parse_time(bad)

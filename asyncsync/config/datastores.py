@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +120,8 @@ def remove_datastore(paths: Paths, name: str, *, destroy_data: bool = False) -> 
         cfg = DatastoreConfig.from_section(data.require(name, "datastore"))
         del data.sections[name]
     if destroy_data:
+        import shutil  # on first use: it costs every CLI start-up ~2 ms
+
         shutil.rmtree(cfg.path, ignore_errors=True)
     return cfg
 
