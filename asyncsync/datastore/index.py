@@ -196,4 +196,5 @@ __all__ = [
     "Index",
     "decode_index",
     "index_digests",
+    "uuid4_bytes",
 ]
