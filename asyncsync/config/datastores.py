@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..datastore.chunkstore import SyncLevel
-from ..datastore.datastore import Datastore
+from ..datastore.datastore import Datastore, remove_tree
 from ..errors import AlreadyExists, InvalidInput, NotFound
 from ..names import safe_id
 from .paths import Paths
@@ -120,9 +120,7 @@ def remove_datastore(paths: Paths, name: str, *, destroy_data: bool = False) -> 
         cfg = DatastoreConfig.from_section(data.require(name, "datastore"))
         del data.sections[name]
     if destroy_data:
-        import shutil  # on first use: it costs every CLI start-up ~2 ms
-
-        shutil.rmtree(cfg.path, ignore_errors=True)
+        remove_tree(cfg.path, ignore_errors=True)
     return cfg
 
 

@@ -62,9 +62,10 @@ OWNER_FILE = "owner"
 _TIME_CHECK_GROUP = GroupId(BackupType.HOST, "x")
 
 
-def _rmtree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
+def remove_tree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
     """:func:`shutil.rmtree`, imported on first use: :mod:`shutil` (with the compression
-    modules it loads) cost every process that opens a datastore ~2 ms of start-up."""
+    modules it loads) cost every process that opens a datastore ~2 ms of start-up. The
+    one place the datastore and its configuration remove a tree."""
     import shutil
 
     shutil.rmtree(path, ignore_errors=ignore_errors)
@@ -290,7 +291,7 @@ class Datastore:
                 first = f"{busy[0]}, ..." if len(busy) > 1 else str(busy[0])
                 why.append(f"{len(busy)} group(s) locked by a running backup or sync ({first})")
             raise Conflict(f"namespace {ns!s} keeps " + " and ".join(why) + "; the rest was removed")
-        _rmtree(self.ns_path(ns))
+        remove_tree(self.ns_path(ns))
 
     # ---- groups ----------------------------------------------------------
 
@@ -339,7 +340,7 @@ class Datastore:
                 self.remove_snapshot(ns, info.snapshot)
         if kept:
             return False
-        _rmtree(self.group_path(ns, group), ignore_errors=True)
+        remove_tree(self.group_path(ns, group), ignore_errors=True)
         return True
 
     # ---- snapshots -------------------------------------------------------
@@ -474,7 +475,7 @@ class Datastore:
             raise Conflict(f"snapshot {snap} is protected")
         doomed = path.with_name(tmp_name("removing"))
         os.replace(path, doomed)
-        _rmtree(doomed, ignore_errors=True)
+        remove_tree(doomed, ignore_errors=True)
 
     def begin_snapshot(self, ns: Namespace, snap: SnapshotId) -> SnapshotWriter:
         """Start writing a snapshot (the caller holds the group lock)."""
@@ -506,7 +507,7 @@ class Datastore:
                 for e in os.scandir(base):
                     if is_stale_tmp(e.name):
                         if e.is_dir():
-                            _rmtree(e.path, ignore_errors=True)
+                            remove_tree(e.path, ignore_errors=True)
                         else:
                             with contextlib.suppress(FileNotFoundError):
                                 os.unlink(e.path)
@@ -626,13 +627,13 @@ class SnapshotWriter:
         if level is SyncLevel.FILE:
             fsync_dir(self.final.parent)
         if old is not None:
-            _rmtree(old, ignore_errors=True)
+            remove_tree(old, ignore_errors=True)
         self.committed = True
         return manifest
 
     def abort(self) -> None:
         if not self.committed:
-            _rmtree(self.tmp, ignore_errors=True)
+            remove_tree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> SnapshotWriter:
         return self
@@ -661,4 +662,12 @@ def _atomic_write(path: Path, data: bytes, level: SyncLevel) -> None:
         fsync_dir(path.parent)
 
 
-__all__ = ["FORMAT_VERSION", "Datastore", "FileLock", "SnapshotInfo", "SnapshotWriter", "snapshot_time"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Datastore",
+    "FileLock",
+    "SnapshotInfo",
+    "SnapshotWriter",
+    "remove_tree",
+    "snapshot_time",
+]
