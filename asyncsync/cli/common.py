@@ -10,12 +10,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..config.paths import Paths
+from ..sync.threads import transfer_switch_interval
 
 if TYPE_CHECKING:
     # rich loads when something is printed through it (≈ 30 ms of start-up otherwise,
@@ -97,8 +98,12 @@ def print_kv(data: dict[str, Any], *, output_format: str = "text") -> None:
     print_table(["key", "value"], [(k, v) for k, v in data.items() if v not in (None, "", [])])
 
 
-def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine on uvloop (if available) and return its result."""
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]], *, transfer: bool = True) -> T:
+    """Run a coroutine on uvloop (if available) and return its result.
+
+    ``transfer``: with the short GIL switch interval of a transfer process
+    (:func:`~asyncsync.sync.threads.transfer_switch_interval`); ``serve`` passes False.
+    """
     result: list[T] = []
 
     async def main() -> None:
@@ -108,12 +113,13 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         # 1,000 groups of a pull report
         result.append(await factory())
 
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    with transfer_switch_interval() if transfer else nullcontext():
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            asyncio.run(main())
+        else:
+            uvloop.run(main())
     return result[0]
 
 

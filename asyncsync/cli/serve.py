@@ -133,7 +133,10 @@ def serve(
         click.echo(info.describe())
         sys.stdout.flush()
 
-    run_async(lambda: run_server(paths, host, port, tls=not no_tls, ready=ready, cert=certs, options=options))
+    run_async(
+        lambda: run_server(paths, host, port, tls=not no_tls, ready=ready, cert=certs, options=options),
+        transfer=False,
+    )
 
 
 @click.group("cert")

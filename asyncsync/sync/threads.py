@@ -16,14 +16,44 @@ cancellation.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 from ..datastore.threads import CancelToken, run_with_token
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: The GIL switch interval (seconds) of a transfer process: Python's default is 5 ms.
+#: Why shorter: a pull's worker threads make thousands of short system calls
+#: (``utime`` of each reused chunk, socket reads, writes), each releasing the GIL and
+#: waiting to get it back from the event loop or another worker; with a 5 ms
+#: interval a thread that holds it runs on while the others queue. Measured on the
+#: incremental bench store (8,330 reused chunks, plain HTTP, interleaved pulls of one
+#: tree): the reuse check's utime pass took 57–77 ms instead of 93–100 ms, and the
+#: whole pull's median fell from 0.290 s to 0.245–0.255 s; the cold pulls did not
+#: slow down. See docs/performance.md, session 10.
+TRANSFER_SWITCH_INTERVAL = 0.0005
+
+
+@contextlib.contextmanager
+def transfer_switch_interval(interval: float = TRANSFER_SWITCH_INTERVAL) -> Iterator[None]:
+    """Run the block with the interpreter's GIL switch interval set to ``interval``,
+    then restore the previous one.
+
+    Process-wide (``sys.setswitchinterval``): the CLI sets it around the commands
+    that transfer data (not around ``serve``); a service embedding the library may
+    use it around its own pulls, or leave its interpreter as it is.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 async def run_write(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -52,4 +82,4 @@ async def run_acquire(fn: Callable[[], T], release: Callable[[T], object]) -> T:
         raise
 
 
-__all__ = ["run_acquire", "run_write"]
+__all__ = ["TRANSFER_SWITCH_INTERVAL", "run_acquire", "run_write", "transfer_switch_interval"]
