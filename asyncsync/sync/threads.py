@@ -32,10 +32,11 @@ T = TypeVar("T")
 #: (``utime`` of each reused chunk, socket reads, writes), each releasing the GIL and
 #: waiting to get it back from the event loop or another worker; with a 5 ms
 #: interval a thread that holds it runs on while the others queue. Measured on the
-#: incremental bench store (8,330 reused chunks, plain HTTP, interleaved pulls of one
-#: tree): the reuse check's utime pass took 57–77 ms instead of 93–100 ms, and the
-#: whole pull's median fell from 0.290 s to 0.245–0.255 s; the cold pulls did not
-#: slow down. See docs/performance.md, session 10.
+#: incremental bench store (8,330 reused chunks, plain HTTP): the reuse check's utime
+#: pass took 57–77 ms instead of 93–100 ms; in four sets of 10–20 interleaved pulls the
+#: median was 0.255, 0.275, 0.280 and 0.250 s against 0.290, 0.290, 0.280 and 0.285 s
+#: (small, inside single sets' spread, never a loss); cold pulls did not slow down.
+#: See docs/performance.md, session 10.
 TRANSFER_SWITCH_INTERVAL = 0.0005
 
 
