@@ -20,9 +20,9 @@ from pathlib import Path
 from asyncsync.datastore.chunkstore import SyncLevel
 from asyncsync.datastore.datastore import Datastore
 from asyncsync.names import AuthId
+from asyncsync.runner import run
 from asyncsync.sync.pull import PullOptions, pull
 from asyncsync.sync.source import HttpSource
-from asyncsync.sync.threads import transfer_switch_interval
 from asyncsync.units import parse_size
 
 
@@ -63,13 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-in", default=None)
     ap.add_argument("--burst-in", default=None)
     args = ap.parse_args(argv)
-    with transfer_switch_interval():  # as the CLI's pull runs
-        try:
-            import uvloop
-
-            return int(uvloop.run(_main(args)))
-        except ImportError:  # pragma: no cover
-            return asyncio.run(_main(args))
+    return run(lambda: _main(args))  # the CLI's loop: uvloop, the transfer switch interval
 
 
 if __name__ == "__main__":

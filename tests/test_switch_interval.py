@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from asyncsync.cli.common import run_async
+from asyncsync.runner import run
 from asyncsync.sync.threads import TRANSFER_SWITCH_INTERVAL, transfer_switch_interval
 
 DEFAULT = 0.005
@@ -37,13 +38,14 @@ def test_the_interval_is_restored_when_the_block_fails() -> None:
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
 
 
-def test_cli_commands_run_with_the_transfer_interval_but_serve_does_not() -> None:
+def test_commands_run_at_the_transfer_interval_unless_told_not_to() -> None:
     async def seen() -> float:
         return sys.getswitchinterval()
 
     assert run_async(seen) == pytest.approx(TRANSFER_SWITCH_INTERVAL)
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
     assert run_async(seen, transfer=False) == pytest.approx(DEFAULT)
+    assert run(seen) == pytest.approx(TRANSFER_SWITCH_INTERVAL)  # what bench.pullproc calls
 
 
 def test_serve_opts_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,17 +6,16 @@ library, and print.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..config.paths import Paths
-from ..sync.threads import transfer_switch_interval
+from ..runner import run
 
 if TYPE_CHECKING:
     # rich loads when something is printed through it (≈ 30 ms of start-up otherwise,
@@ -99,28 +98,8 @@ def print_kv(data: dict[str, Any], *, output_format: str = "text") -> None:
 
 
 def run_async(factory: Callable[[], Coroutine[Any, Any, T]], *, transfer: bool = True) -> T:
-    """Run a coroutine on uvloop (if available) and return its result.
-
-    ``transfer``: with the short GIL switch interval of a transfer process
-    (:func:`~asyncsync.sync.threads.transfer_switch_interval`); ``serve`` passes False.
-    """
-    result: list[T] = []
-
-    async def main() -> None:
-        # the result leaves through ``result``, not as the main task's: on Python 3.11 the
-        # runner formats the main task's repr, result included, twice while restoring the
-        # SIGINT handler (signal.getsignal meets a partial holding the task), ≈ 10 ms per
-        # 1,000 groups of a pull report
-        result.append(await factory())
-
-    with transfer_switch_interval() if transfer else nullcontext():
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            asyncio.run(main())
-        else:
-            uvloop.run(main())
-    return result[0]
+    """Run a coroutine as a command does and return its result (:func:`asyncsync.runner.run`)."""
+    return run(factory, transfer=transfer)
 
 
 def warn(message: str) -> None:
