@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -223,6 +224,33 @@ async def test_reader_downloads_files_and_chunks(remote: Installation, remote_se
         assert again == [wanted[2], wanted[0], wanted[2]]
         with pytest.raises(NotFound):
             await r.download("missing.blob")
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+async def test_single_chunk_answers_missing_and_implausible_files_with_404(
+    remote: Installation, tls: bool
+) -> None:
+    """A chunk GET reads the file in one hop: a missing file and a file of no plausible
+    blob size (not read at all) answer 404, as the batch answer's missing frame does, and the
+    keep-alive connection goes on serving the exact stored bytes afterwards."""
+    written = remote.snapshots[VM100]
+    gone, huge, fine = written.all_digests[:3]
+    await asyncio.to_thread(remote.store.chunks.path(gone).unlink)
+    await asyncio.to_thread(os.truncate, remote.store.chunks.path(huge), blob.MAX_BLOB_SIZE + 1)  # sparse
+    async with (
+        running_server(remote.paths, tls=tls) as srv,
+        await srv.client(remote.sync_token, remote.sync_secret) as c,
+        await c.open_reader("store", ROOT_NS, written.snapshot) as r,
+    ):
+        await r.download("root.didx")
+        for d in (gone, huge):
+            with pytest.raises(NotFound, match=d):
+                await r.fetch_chunk(d)
+        for d in (gone, huge):
+            with pytest.raises(NotFound, match=d):
+                _ = [item async for item in r.fetch_chunks([fine, d])]
+        for _ in range(2):
+            assert await r.fetch_chunk(fine) == await asyncio.to_thread(remote.store.chunks.read, fine)
 
 
 async def test_chunks_need_a_downloaded_index(remote: Installation, remote_server: RunningServer) -> None:
