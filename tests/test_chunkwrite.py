@@ -5,6 +5,7 @@ thread hops of a pull that a cancellation waits for (:mod:`asyncsync.sync.thread
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import threading
@@ -13,10 +14,17 @@ from pathlib import Path
 import pytest
 
 from asyncsync.client.blocking import RECV_PIECE
-from asyncsync.datastore import blob
-from asyncsync.datastore.chunkstore import TMP_DIR, WRITE_PIECE, ChunkStore, SyncLevel, write_all
+from asyncsync.datastore import blob, chunkstore
+from asyncsync.datastore.chunkstore import (
+    TMP_DIR,
+    WRITE_PIECE,
+    ChunkStore,
+    SyncLevel,
+    reserve_blocks,
+    write_all,
+)
 from asyncsync.datastore.datastore import Datastore
-from asyncsync.errors import DigestMismatch
+from asyncsync.errors import DigestMismatch, StorageError
 from asyncsync.sync.fetch import verify_and_write_many
 from asyncsync.sync.threads import run_acquire, run_write
 
@@ -194,3 +202,102 @@ def test_piecewise_writer_hands_the_kernel_at_most_write_piece_per_call(
         assert sum(sizes) == len(raw)
         assert max(sizes) <= WRITE_PIECE < RECV_PIECE
         assert Path(store.path(digest)).read_bytes() == raw
+
+
+def _fs_reserves(folder: Path) -> bool:
+    """Whether this file system takes a FALLOC_FL_KEEP_SIZE reservation (a probe file)."""
+    fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        return reserve_blocks(fd, 1 << 20)
+    finally:
+        os.close(fd)
+        os.unlink(folder / "probe")
+
+
+def test_piecewise_writer_reserves_the_whole_blob_at_the_open(tmp_path: Path) -> None:
+    """With the blob's length, the file holds blocks for all of it after the first piece (its
+    size stays what was written); the committed chunk is exactly the blob, nothing beyond.
+    Where the file system refuses the reservation, the store stops asking and writes as before."""
+    payload = random.Random(5).randbytes(2 * RECV_PIECE + 777)
+    raw = blob.encode(payload)
+    digest = blob.digest_of(payload)
+    reserves = _fs_reserves(tmp_path)
+    for store in _stores(tmp_path):
+        writer = store.open_blob_writer(digest, len(raw))
+        writer.write(memoryview(raw)[:WRITE_PIECE])
+        st = os.fstat(writer._fd)
+        assert st.st_size == WRITE_PIECE
+        if reserves:
+            assert st.st_blocks * 512 >= len(raw)
+        assert store._reserve_ok is reserves
+        writer.write(memoryview(raw)[WRITE_PIECE:])
+        writer.commit()
+        final = store.path(digest)
+        assert final.read_bytes() == raw
+        assert final.stat().st_blocks * 512 < len(raw) + 64 * 1024  # no reservation left over
+        assert all(not name.startswith(TMP_DIR) for name in _files(store.base)), _files(store.base)
+
+
+def test_a_refused_reservation_is_not_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def refuse(fd: int, length: int) -> bool:
+        calls.append(length)
+        return False  # as EOPNOTSUPP, or a libc without fallocate
+
+    monkeypatch.setattr(chunkstore, "reserve_blocks", refuse)
+    store = _stores(tmp_path)[0]
+    for n in range(3):
+        digest, encoded, _ = _chunk(10 + n, 64 * 1024)
+        writer = store.open_blob_writer(digest, len(encoded))
+        writer.write(encoded)
+        writer.commit()
+        assert store.read(digest) == encoded
+    assert calls == [len(encoded)] and store._reserve_ok is False
+
+
+def test_a_full_disk_at_the_reservation_fails_before_any_byte_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, length: int) -> bool:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(chunkstore, "reserve_blocks", full)
+    for store in _stores(tmp_path):
+        digest, encoded, _ = _chunk(20, 64 * 1024)
+        writer = store.open_blob_writer(digest, len(encoded))
+        with pytest.raises(StorageError, match="No space left"):
+            writer.write(encoded)
+        writer.discard()
+        assert not store.path(digest).exists()
+        assert _files(store.base) == [], _files(store.base)
+
+
+def test_a_blob_shorter_than_announced_gives_the_reservation_back(tmp_path: Path) -> None:
+    """A caller that commits fewer bytes than it announced gets a file of what it wrote."""
+    store = _stores(tmp_path)[0]
+    digest, encoded, _ = _chunk(30, 64 * 1024)
+    writer = store.open_blob_writer(digest, 4 * 1024 * 1024)
+    writer.write(encoded)
+    writer.commit()
+    final = store.path(digest)
+    assert final.read_bytes() == encoded
+    assert final.stat().st_blocks * 512 < 2 * len(encoded)
+
+
+def test_reserve_blocks_allocates_and_keeps_the_size(tmp_path: Path) -> None:
+    """The real call, where the file system takes it: the blocks are there, the size stays 0,
+    and bytes written afterwards read back as written."""
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if not reserve_blocks(fd, 1 << 20):
+            assert not _fs_reserves(tmp_path)  # refused consistently, not by chance
+            return
+        st = os.fstat(fd)
+        assert st.st_size == 0 and st.st_blocks * 512 >= 1 << 20
+        os.write(fd, b"abc")
+        assert os.fstat(fd).st_size == 3
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"abc"

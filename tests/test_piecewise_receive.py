@@ -235,6 +235,8 @@ class Spy:
 
     def __init__(self, store: Datastore, victim: str = "", signal_after: int = 0) -> None:
         self.opened: list[str] = []
+        #: the blob length each writer was opened with (its blocks are reserved for it)
+        self.lengths: dict[str, int] = {}
         self.victim = victim
         self.signal_after = signal_after
         self.reached = threading.Event()
@@ -256,9 +258,10 @@ class Spy:
             def discard(self) -> None:
                 self.inner.discard()
 
-        def open_blob_writer(digest: str) -> Any:
+        def open_blob_writer(digest: str, length: int = 0) -> Any:
             self.opened.append(digest)
-            return Writer(orig(digest))
+            self.lengths[digest] = length
+            return Writer(orig(digest, length))
 
         store.chunks.open_blob_writer = open_blob_writer  # type: ignore[method-assign]
 
@@ -271,6 +274,7 @@ async def test_pull_of_multi_piece_chunks_is_identical_and_buffers_stay_one_piec
     big: tuple[Installation, list[str]], dst: Datastore, tls: bool
 ) -> None:
     inst, digests = big
+    spy = Spy(dst)
     async with piece_server(inst, tls=tls) as (srv, _):
         source = await http_source(srv, inst, tls=srv.tls)
         try:
@@ -290,6 +294,9 @@ async def test_pull_of_multi_piece_chunks_is_identical_and_buffers_stay_one_piec
     assert await asyncio.to_thread(leftovers, dst) == []
     # 4 MiB chunks went through connections whose buffer is one piece, not one blob
     assert buffers and max(buffers) == RECV_PIECE, buffers
+    # each chunk file was opened knowing its whole blob length (its blocks reserved at once)
+    sizes = {d: (await asyncio.to_thread(inst.store.chunks.path(d).stat)).st_size for d in digests}
+    assert spy.lengths == sizes
 
 
 class Recorder:

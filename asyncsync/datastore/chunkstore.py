@@ -49,24 +49,61 @@ class SyncLevel(StrEnum):
 if TYPE_CHECKING:
     import ctypes
 
-#: libc, loaded on the first syncfs (ctypes is imported only then: every pull imports this module)
+#: libc, loaded on first use (ctypes is imported only then: every pull imports this module)
 _libc: ctypes.CDLL | None = None
+
+
+def _load_libc() -> ctypes.CDLL:
+    """The process's own libc (``dlopen(NULL)``: no ``ctypes.util.find_library``, 18 ms to import)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = getattr(libc, "fallocate", None)
+        if fallocate is not None:
+            fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fallocate.restype = ctypes.c_int
+        _libc = libc
+    return _libc
 
 
 def syncfs(path: Path) -> None:
     """Flush the file system holding ``path`` (``syncfs(2)``, else ``sync(2)``)."""
-    global _libc
-    if _libc is None:
-        import ctypes
-        import ctypes.util  # only when a sync is needed: find_library is slow to import
-
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _load_libc()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
             os.sync()
     finally:
         os.close(fd)
+
+
+#: ``FALLOC_FL_KEEP_SIZE`` (linux/falloc.h): allocate the blocks, leave the file's size alone
+_FALLOC_FL_KEEP_SIZE = 1
+#: errnos of a reservation that mean "the disk is full": the writes would fail too
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def reserve_blocks(fd: int, length: int) -> bool:
+    """Allocate ``length`` bytes of blocks for the file open as ``fd``, its size unchanged
+    (``fallocate(2)`` with ``FALLOC_FL_KEEP_SIZE``). Blocking.
+
+    True if done; False if this system cannot (no ``fallocate`` in libc, or the file
+    system refuses: ``EOPNOTSUPP`` and the like). Never emulated by writing (as
+    ``posix_fallocate`` may). Raises :class:`OSError` for ``ENOSPC`` / ``EDQUOT``.
+    """
+    fallocate = getattr(_load_libc(), "fallocate", None)
+    if fallocate is None:
+        return False
+    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
+        return True
+    import ctypes
+
+    err = ctypes.get_errno()
+    if err in _FULL:
+        raise OSError(err, os.strerror(err))
+    return False
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -166,6 +203,9 @@ class ChunkStore:
         self._prefixes: set[str] = set()
         #: unnamed temp files (O_TMPFILE + link) work here; cleared at the first sign they do not
         self._tmpfile_ok = hasattr(os, "O_TMPFILE")
+        #: piecewise blob files get their blocks reserved (:func:`reserve_blocks`); cleared
+        #: at the first refusal
+        self._reserve_ok = True
 
     def __repr__(self) -> str:
         return f"ChunkStore({str(self.base)!r}, sync_level={self.sync_level.value!r})"
@@ -280,8 +320,14 @@ class ChunkStore:
             self._prefixes.add(TMP_DIR)
         return f"{self.tmp_dir}/{tmp_name(digest)}"
 
-    def open_blob_writer(self, digest: str) -> ChunkFileWriter:
+    def open_blob_writer(self, digest: str, length: int = 0) -> ChunkFileWriter:
         """A file for ``digest``'s blob, written piece by piece, invisible until committed.
+
+        ``length``: the blob's whole length, if known. The file's blocks are then
+        reserved when it is opened (:func:`reserve_blocks`; skipped where the file
+        system cannot): ext4 allocates the file in one go instead of reserving
+        delayed blocks on every write (docs/performance.md, session 11). A disk
+        too full for ``length`` fails there, before any byte is written.
 
         For a caller that receives a blob in pieces and verifies it as they pass
         (a pull's threaded transfer): :meth:`ChunkFileWriter.write` each piece,
@@ -291,7 +337,7 @@ class ChunkStore:
         nothing is opened before the first ``write``. Errors: :class:`StorageError`.
         """
         check_digest(digest)
-        return ChunkFileWriter(self, digest)
+        return ChunkFileWriter(self, digest, length)
 
     def _insert_anonymous(
         self,
@@ -440,11 +486,13 @@ class ChunkFileWriter:
     it is linked and the prefix folder after.
     """
 
-    __slots__ = ("_fd", "_folder", "_store", "_tmp", "digest", "final", "size")
+    __slots__ = ("_fd", "_folder", "_store", "_tmp", "digest", "expected", "final", "size")
 
-    def __init__(self, store: ChunkStore, digest: str) -> None:
+    def __init__(self, store: ChunkStore, digest: str, expected: int = 0) -> None:
         self._store = store
         self.digest = digest
+        #: the blob's announced length, whose blocks are reserved at the open (0: unknown)
+        self.expected = expected
         self._folder = f"{store._base_str}/{digest[:4]}"
         self.final = f"{self._folder}/{digest}"
         self._fd = -1
@@ -466,12 +514,17 @@ class ChunkFileWriter:
         if store._tmpfile_ok:
             try:
                 self._fd = os.open(self._folder, os.O_TMPFILE | os.O_RDWR, 0o644)
-                return
             except OSError as exc:
                 if exc.errno not in _NO_TMPFILE:
                     raise self._error(exc) from exc
                 store._tmpfile_ok = False
-        self._open_named()
+        if self._fd < 0:
+            self._open_named()
+        if self.expected > 0 and store._reserve_ok:
+            try:
+                store._reserve_ok = reserve_blocks(self._fd, self.expected)
+            except OSError as exc:
+                raise self._error(exc) from exc
 
     def _open_named(self) -> None:
         try:
@@ -501,6 +554,8 @@ class ChunkFileWriter:
             self._open()  # an empty blob: still a file (never valid, but not this layer's call)
         fsync = self._store.sync_level is SyncLevel.FILE
         try:
+            if self.size < self.expected:  # fewer bytes than reserved: give the rest back
+                os.ftruncate(self._fd, self.size)
             if fsync:
                 os.fsync(self._fd)
             if self._tmp is None:
@@ -574,6 +629,7 @@ __all__ = [
     "SyncLevel",
     "fsync_dir",
     "is_stale_tmp",
+    "reserve_blocks",
     "syncfs",
     "tmp_name",
     "write_all",

@@ -301,7 +301,8 @@ class VerifyingWriter:
             _check_raw_size(self.digest, self.length - blobcodec.HEADER_SIZE, self.size)
             self._expected_crc = struct.unpack_from("<I", head, 8)[0]
             self._hasher = blake3.blake3()
-            self._file = self._store.open_blob_writer(self.digest)  # the header is written by feed
+            # the header is written by feed; the file's blocks are reserved for the whole blob
+            self._file = self._store.open_blob_writer(self.digest, self.length)
         elif magic == blobcodec.ZSTD_MAGIC:
             if self.length > self.size + blobcodec.HEADER_SIZE + _ZSTD_SLACK:
                 raise ChunkTooLarge(
