@@ -21,6 +21,7 @@ from asyncsync.datastore.chunkstore import (
     ChunkStore,
     SyncLevel,
     reserve_blocks,
+    syncfs,
     write_all,
 )
 from asyncsync.datastore.datastore import Datastore
@@ -301,3 +302,14 @@ def test_reserve_blocks_allocates_and_keeps_the_size(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b"abc"
+
+
+def test_syncfs_reaches_libc_through_the_processs_own_symbols(tmp_path: Path) -> None:
+    """The shared libc handle (``dlopen(NULL)``, no ``ctypes.util``) has syncfs and the
+    64-bit fallocate on this Linux, and a flush of the file system runs through it."""
+    libc = chunkstore._load_libc()
+    assert getattr(libc, "syncfs", None) is not None
+    assert chunkstore._fallocate is not None
+    (tmp_path / "f").write_bytes(b"x")
+    syncfs(tmp_path)
+    assert (tmp_path / "f").read_bytes() == b"x"

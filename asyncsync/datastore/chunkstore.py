@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, NotFound, StorageError
 from ..names import check_digest
@@ -51,19 +51,24 @@ if TYPE_CHECKING:
 
 #: libc, loaded on first use (ctypes is imported only then: every pull imports this module)
 _libc: ctypes.CDLL | None = None
+#: libc's ``fallocate64`` (else ``fallocate``), with its argument types; None if it has neither
+_fallocate: Any = None
 
 
 def _load_libc() -> ctypes.CDLL:
     """The process's own libc (``dlopen(NULL)``: no ``ctypes.util.find_library``, 18 ms to import)."""
-    global _libc
+    global _libc, _fallocate
     if _libc is None:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        fallocate = getattr(libc, "fallocate", None)
+        # the 64-bit-offset entry point: glibc has both names (plain fallocate takes a 32-bit
+        # off_t on 32-bit builds); musl has only fallocate, with a 64-bit off_t everywhere
+        fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
         if fallocate is not None:
             fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
             fallocate.restype = ctypes.c_int
+        _fallocate = fallocate
         _libc = libc
     return _libc
 
@@ -93,10 +98,10 @@ def reserve_blocks(fd: int, length: int) -> bool:
     system refuses: ``EOPNOTSUPP`` and the like). Never emulated by writing (as
     ``posix_fallocate`` may). Raises :class:`OSError` for ``ENOSPC`` / ``EDQUOT``.
     """
-    fallocate = getattr(_load_libc(), "fallocate", None)
-    if fallocate is None:
+    _load_libc()
+    if _fallocate is None:
         return False
-    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
         return True
     import ctypes
 
