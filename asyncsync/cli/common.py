@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..config.paths import Paths
-from ..runner import run
+from ..runner import run as run_async  # every command's loop starter (serve: transfer=False)
 
 if TYPE_CHECKING:
     # rich loads when something is printed through it (≈ 30 ms of start-up otherwise,
     # e.g. for a pull whose output is JSON)
     from rich.console import Console
 
-T = TypeVar("T")
 
 OUTPUT_FORMATS = ("text", "json", "json-pretty")
 
@@ -95,11 +94,6 @@ def print_kv(data: dict[str, Any], *, output_format: str = "text") -> None:
         print_json(data, output_format)
         return
     print_table(["key", "value"], [(k, v) for k, v in data.items() if v not in (None, "", [])])
-
-
-def run_async(factory: Callable[[], Coroutine[Any, Any, T]], *, transfer: bool = True) -> T:
-    """Run a coroutine as a command does and return its result (:func:`asyncsync.runner.run`)."""
-    return run(factory, transfer=transfer)
 
 
 def warn(message: str) -> None:

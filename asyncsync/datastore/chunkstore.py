@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
@@ -51,26 +52,31 @@ if TYPE_CHECKING:
 
 #: libc, loaded on first use (ctypes is imported only then: every pull imports this module)
 _libc: ctypes.CDLL | None = None
-#: libc's ``fallocate64`` (else ``fallocate``), with its argument types; None if it has neither
-_fallocate: Any = None
 
 
 def _load_libc() -> ctypes.CDLL:
     """The process's own libc (``dlopen(NULL)``: no ``ctypes.util.find_library``, 18 ms to import)."""
-    global _libc, _fallocate
+    global _libc
     if _libc is None:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        # the 64-bit-offset entry point: glibc has both names (plain fallocate takes a 32-bit
-        # off_t on 32-bit builds); musl has only fallocate, with a 64-bit off_t everywhere
-        fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
-        if fallocate is not None:
-            fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-            fallocate.restype = ctypes.c_int
-        _fallocate = fallocate
-        _libc = libc
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
+
+
+@functools.cache
+def _fallocate() -> Any:
+    """libc's 64-bit-offset ``fallocate``, typed; None if libc has none. glibc has both names
+    (plain ``fallocate`` takes a 32-bit ``off_t`` on 32-bit builds); musl has only
+    ``fallocate``, with a 64-bit ``off_t`` everywhere."""
+    import ctypes
+
+    libc = _load_libc()
+    fn = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fn.restype = ctypes.c_int
+    return fn
 
 
 def syncfs(path: Path) -> None:
@@ -98,10 +104,10 @@ def reserve_blocks(fd: int, length: int) -> bool:
     system refuses: ``EOPNOTSUPP`` and the like). Never emulated by writing (as
     ``posix_fallocate`` may). Raises :class:`OSError` for ``ENOSPC`` / ``EDQUOT``.
     """
-    _load_libc()
-    if _fallocate is None:
+    fallocate = _fallocate()
+    if fallocate is None:
         return False
-    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
+    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
         return True
     import ctypes
 
@@ -529,6 +535,7 @@ class ChunkFileWriter:
             try:
                 store._reserve_ok = reserve_blocks(self._fd, self.expected)
             except OSError as exc:
+                self.discard()  # nothing written yet: the file goes now, not at the caller's abort
                 raise self._error(exc) from exc
 
     def _open_named(self) -> None:
