@@ -17,8 +17,18 @@ class Clock:
         return self.now
 
 
-async def simulate(limit: AdaptiveLimit, clock: Clock, rate_of: dict[int, float], windows: int) -> list[int]:
-    """Feed ``windows`` windows whose throughput depends only on the current limit."""
+async def simulate(
+    limit: AdaptiveLimit,
+    clock: Clock,
+    rate_of: dict[int, float],
+    windows: int,
+    timing: tuple[float, float] | None = None,
+) -> list[int]:
+    """Feed ``windows`` windows whose throughput depends only on the current limit.
+
+    ``timing`` is each transfer's (wait for the first byte, duration), reported to
+    :meth:`AdaptiveLimit.release`; None reports nothing, as a caller that does not time.
+    """
     seen = []
     for _ in range(windows):
         n = limit.limit
@@ -26,7 +36,10 @@ async def simulate(limit: AdaptiveLimit, clock: Clock, rate_of: dict[int, float]
         for _ in range(limit.min_samples):
             await limit.acquire()
             clock.now += limit.window / limit.min_samples
-            limit.release(int(per))
+            if timing is None:
+                limit.release(int(per))
+            else:
+                limit.release(int(per), *timing)
         seen.append(limit.limit)
     return seen
 
@@ -89,3 +102,64 @@ async def test_cancelled_waiter_leaves_no_trace() -> None:
     assert limit.active == 0
     await asyncio.wait_for(limit.acquire(), 5)
     assert limit.active == 1
+
+
+# ---- the first decision's jump (latency) ----------------------------------------------------------
+
+#: throughput that grows with every transfer in flight: only the climbing speed differs
+RISING = {n: 100.0 * n for n in range(1, 17)}
+
+
+@pytest.mark.parametrize(
+    ("timing", "first"),
+    [
+        (None, 5),  # untimed: the one-step probe
+        ((0.003, 0.045), 5),  # loopback: 4 * 45 / 42 = 4.3, no more than the probe
+        ((0.028, 0.060), 8),  # 25 ms added: 4 * 60 / 32 = 7.5 -> 8
+        ((0.050, 0.060), 12),  # nearly all wait: 4 * 6 = 24, capped at the maximum
+        ((0.060, 0.060), 12),  # all wait (T - L = 0): the maximum
+        ((0.070, 0.060), 5),  # a wait longer than the transfer is not a timing: ignored
+        ((-0.01, 0.060), 5),  # nor a negative one
+    ],
+)
+async def test_first_decision_jumps_by_littles_law(timing: tuple[float, float] | None, first: int) -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(4, 2, 12, clock=clock)
+    seen = await simulate(limit, clock, RISING, 1, timing)
+    assert seen == [first]
+    assert limit.history[0].limit == first
+
+
+async def test_only_the_first_decision_jumps() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(4, 2, 16, clock=clock)
+    # climbs one step per window after the jump, however long the waits stay
+    seen = await simulate(limit, clock, RISING, 4, (0.028, 0.060))
+    assert seen == [8, 9, 10, 11]
+
+
+async def test_jump_needs_enough_timed_transfers() -> None:
+    """Fewer timed transfers than ``min_samples`` in the first window: the probe, not a jump."""
+    clock = Clock()
+    limit = AdaptiveLimit(4, 2, 12, clock=clock)
+    for i in range(limit.min_samples):
+        await limit.acquire()
+        clock.now += limit.window / limit.min_samples
+        if i == 0:
+            limit.release(100, 0.05, 0.06)
+        else:
+            limit.release(100)
+    assert limit.limit == 5
+
+
+async def test_shortest_wait_is_the_latency() -> None:
+    """One transfer that waited long (queued at the server) does not make the others distant."""
+    clock = Clock()
+    limit = AdaptiveLimit(4, 2, 12, clock=clock)
+    waits = [0.040, 0.003, 0.030, 0.020]
+    for wait in waits:
+        await limit.acquire()
+        clock.now += limit.window / len(waits)
+        limit.release(100, wait, 0.045)
+    assert limit.latency_start() is None  # the window was decided and its timings reset
+    assert limit.limit == 5  # 4 * 45 / 42: the probe

@@ -23,6 +23,8 @@ from asyncsync.errors import InvalidInput
 from asyncsync.fingerprint import parse_fingerprint
 from asyncsync.server import delay
 from asyncsync.server.app import make_app
+from asyncsync.sync import fetch
+from asyncsync.sync.adaptive import AdaptiveLimit
 from asyncsync.units import parse_duration
 
 DELAY = 0.025
@@ -196,6 +198,34 @@ async def test_a_pull_through_a_delayed_server_pays_once_per_request(
     # login, listings, reader, manifests, indexes, chunks: several requests, each delayed once
     assert len(responses) > 5
     assert rec.sleeps() == [DELAY] * len(responses)
+
+
+async def test_threaded_transfers_report_the_delay_to_the_adaptive_limit(
+    remote: Installation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each threaded transfer tells :class:`AdaptiveLimit` how long it waited for its first byte
+    and how long it took: with a real 50 ms server delay, every wait is at least that."""
+    real_delay = 0.05
+    timings: list[tuple[int, float | None, float | None]] = []
+
+    class Recording(AdaptiveLimit):
+        def release(self, nbytes: int, wait: float | None = None, duration: float | None = None) -> None:
+            timings.append((nbytes, wait, duration))
+            super().release(nbytes, wait, duration)
+
+    monkeypatch.setattr(fetch, "AdaptiveLimit", Recording)
+    app = make_app(remote.paths, options=replace(TEST_OPTIONS, response_delay=real_delay))
+    dst = await asyncio.to_thread(Datastore.create, tmp_path / "dst", "dst", SyncLevel.NONE)
+    async with running_server(remote.paths, app=app) as srv:
+        report = await http_pull(srv, remote, dst)
+    assert report.chunks_downloaded > 0
+    timed = [(n, w, d) for n, w, d in timings if w is not None]
+    assert timed, timings  # the transfers were threaded and timed
+    # every transfer that moved bytes was timed
+    assert sum(n for n, _, _ in timed) == sum(n for n, _, _ in timings) > 0
+    for _, wait, duration in timed:
+        assert duration is not None
+        assert real_delay <= wait <= duration
 
 
 async def test_without_the_option_nothing_sleeps(

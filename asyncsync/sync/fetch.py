@@ -61,6 +61,7 @@ import contextlib
 import os
 import random
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -377,7 +378,7 @@ class _PoolReceiver:
     """The :class:`~asyncsync.sync.source.BlobReceiver` of one threaded transfer of a
     :class:`FetchPool` batch (its methods run in the transfer's worker thread)."""
 
-    __slots__ = ("_journal", "_seen", "_store", "_todo", "stored")
+    __slots__ = ("_journal", "_seen", "_store", "_todo", "first_byte", "stored")
 
     def __init__(self, store: ChunkStore, todo: dict[str, _Slot], journal: JournalCallback | None) -> None:
         self._store = store
@@ -386,6 +387,8 @@ class _PoolReceiver:
         self._seen: set[str] = set()
         #: (slot, blob length) of each chunk verified and stored, in order
         self.stored: list[tuple[_Slot, int]] = []
+        #: ``time.monotonic()`` when the first blob's headers arrived (for :class:`AdaptiveLimit`)
+        self.first_byte: float | None = None
 
     def _slot(self, digest: str) -> _Slot:
         slot = self._todo.get(digest)
@@ -396,6 +399,8 @@ class _PoolReceiver:
 
     def begin(self, digest: str, length: int) -> BlobWriter:
         slot = self._slot(digest)
+        if self.first_byte is None:
+            self.first_byte = time.monotonic()
 
         def on_stored() -> None:
             self._seen.add(digest)
@@ -406,6 +411,8 @@ class _PoolReceiver:
     def whole(self, digest: str, blob: memoryview) -> None:
         """A blob received whole: :func:`verify_and_write`, what :class:`VerifyingWriter` does in one call."""
         slot = self._slot(digest)
+        if self.first_byte is None:
+            self.first_byte = time.monotonic()
         if len(blob) > blobcodec.MAX_BLOB_SIZE:
             raise ChunkTooLarge(f"chunk {digest}: blob of {len(blob)} bytes exceeds the limit")
         verify_and_write(self._store, digest, [blob], slot.size, self._journal)
@@ -824,10 +831,16 @@ class FetchPool:
         stored = receiver.stored
 
         await self.adaptive.acquire()
+        started = time.monotonic()
         try:
             await reader.fetch_chunks_threaded(list(todo), receiver, executor)
         finally:
-            self.adaptive.release(sum(wire for _, wire in stored))
+            first = receiver.first_byte
+            if first is None:
+                self.adaptive.release(sum(wire for _, wire in stored))
+            else:
+                ended = time.monotonic()
+                self.adaptive.release(sum(wire for _, wire in stored), first - started, ended - started)
             for slot, wire in stored:
                 self._stored(slot, wire, todo)
         if todo:
