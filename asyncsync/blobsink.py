@@ -50,4 +50,19 @@ class BlobReceiver(Protocol):
     def whole(self, digest: str, blob: memoryview) -> None: ...
 
 
-__all__ = ["BlobReceiver", "BlobSink", "BlobWriter"]
+@runtime_checkable
+class AnswerWatcher(Protocol):
+    """Optional for a :class:`BlobReceiver`: told when each answer's headers have arrived.
+
+    A network source calls ``answered()`` in the worker thread once per request,
+    when the answer's status line and headers have been read (and found good),
+    before the first ``begin`` or ``whole`` of its blobs. It is for timing (the
+    pull's adaptive limit measures each transfer's wait for its first byte), so
+    it must be cheap; its exception ends the transfer as a receiver's does. A
+    source with no requests (a local datastore) does not call it.
+    """
+
+    def answered(self) -> None: ...
+
+
+__all__ = ["AnswerWatcher", "BlobReceiver", "BlobSink", "BlobWriter"]

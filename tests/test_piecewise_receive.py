@@ -334,17 +334,41 @@ class Recorder:
         self.blobs[digest] = bytes(blob)
 
 
+class WatchingRecorder(Recorder):
+    """A :class:`Recorder` that is also an :class:`~asyncsync.blobsink.AnswerWatcher`: it keeps the
+    order of ``answered`` calls and blob starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def answered(self) -> None:
+        self.order.append("answered")
+
+    def begin(self, digest: str, length: int) -> Any:
+        self.order.append(digest)
+        return super().begin(digest, length)
+
+    def whole(self, digest: str, blob: memoryview) -> None:
+        self.order.append(digest)
+        super().whole(digest, blob)
+
+
 async def fetch_recorded(
-    inst: Installation, snap: SnapshotId, digests: list[str], together: bool
+    inst: Installation,
+    snap: SnapshotId,
+    digests: list[str],
+    together: bool,
+    make: Callable[[], Recorder] = Recorder,
 ) -> Recorder:
-    """Fetch ``digests`` of ``snap``'s ``disk.fidx`` through the channel into a :class:`Recorder`:
-    all in one framed batch (``together``) or one GET per digest."""
+    """Fetch ``digests`` of ``snap``'s ``disk.fidx`` through the channel into a :class:`Recorder`
+    (made by ``make``): all in one framed batch (``together``) or one GET per digest."""
     async with piece_server(inst) as (srv, _):
         client = await srv.client(inst.sync_token, inst.sync_secret)
         try:
             session = await client.open_reader(inst.store_name, ROOT, snap)
             await session.download("disk.fidx")
-            rec = Recorder()
+            rec = make()
             with ThreadPoolExecutor(2, thread_name_prefix="test-fetch") as pool:
                 if together:
                     await session.fetch_chunks_threaded(digests, rec, pool)
@@ -371,6 +395,23 @@ async def test_channel_hands_blobs_over_in_pieces_of_at_most_recv_piece(
         assert rest  # not a multiple: the last piece is short
         assert rec.pieces[d] == [RECV_PIECE] * full + [rest]
     assert rec.aborted == []
+
+
+@pytest.mark.parametrize("together", [False, True])
+async def test_a_watching_receiver_hears_of_each_answer_before_its_blobs(
+    big: tuple[Installation, list[str]], together: bool
+) -> None:
+    """``answered`` once per request, after its headers and before its first blob (what the
+    adaptive limit's wait for a first byte is measured by); the blobs are unchanged."""
+    inst, digests = big
+    rec = await fetch_recorded(inst, BIG_ID, digests, together, WatchingRecorder)
+    assert isinstance(rec, WatchingRecorder)
+    if together:
+        assert rec.order == ["answered", *digests]
+    else:
+        assert rec.order == [x for d in digests for x in ("answered", d)]
+    for d in digests:
+        assert rec.blobs[d] == await asyncio.to_thread(inst.store.chunks.read, d)
 
 
 SMALL = "vm/901/2026-11-23T09:00:00Z"

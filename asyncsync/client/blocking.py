@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from .. import protocol
-from ..blobsink import BlobReceiver, BlobSink, BlobWriter
+from ..blobsink import AnswerWatcher, BlobReceiver, BlobSink, BlobWriter
 from ..datastore.threads import CancelToken, OperationCancelled
 from ..errors import (
     AsyncSyncError,
@@ -600,6 +600,7 @@ class BlockingChannel:
     ) -> None:
         path = f"{base_path}/chunk/{digest}"
         resp = self._request(conn, "GET", path, headers, None)
+        _answered(receiver)
         length = resp.length
         if length is None:  # not what our server sends (it knows the file size), but valid HTTP
             data = resp.read(max_size + 1)
@@ -625,6 +626,7 @@ class BlockingChannel:
         path = f"{base_path}/chunks"
         body = json.dumps({"digests": list(digests)}).encode()
         resp = self._request(conn, "POST", path, headers, body)
+        _answered(receiver)
         head = bytearray(_HEADER.size)
         head_view = memoryview(head)
         for want in digests:
@@ -673,6 +675,12 @@ def _sink_call(fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception as exc:
         raise _SinkFailed(exc) from None
+
+
+def _answered(receiver: BlobReceiver) -> None:
+    """Tell a receiver that watches for it (:class:`AnswerWatcher`) that an answer's headers arrived."""
+    if isinstance(receiver, AnswerWatcher):
+        _sink_call(receiver.answered)
 
 
 def _deliver(receiver: BlobReceiver, digest: str, view: memoryview, job: FetchJob) -> None:

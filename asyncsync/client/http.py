@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 from .. import protocol
-from ..blobsink import BlobReceiver, BlobSink, BlobWriter
+from ..blobsink import AnswerWatcher, BlobReceiver, BlobSink, BlobWriter
 from ..datastore import blob
 from ..datastore.manifest import MANIFEST_NAME
 from ..datastore.threads import run_with_token
@@ -571,6 +571,11 @@ class _Delivered:
         self.count = 0
         #: bytes of the finished blobs (frame headers counted), not yet taken by :meth:`take_bytes`
         self.bytes = 0
+
+    def answered(self) -> None:
+        """Pass the :class:`AnswerWatcher` call on, to a receiver that watches for it."""
+        if isinstance(self.receiver, AnswerWatcher):
+            self.receiver.answered()
 
     def begin(self, digest: str, length: int) -> BlobWriter:
         return _CountedWriter(self, self.receiver.begin(digest, length), length)

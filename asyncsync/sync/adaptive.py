@@ -18,8 +18,9 @@ pool lets this limit find the number by hill climbing on measured throughput:
   to find a limit far from ``start`` (a 2 GiB pull is about ten windows) and
   its window rates scatter by about 10 %, so on a distant link it wandered
   around 5 to 8 instead of holding 8. So the transfers may report how long
-  they waited for their first byte and how long they took in all
-  (:meth:`release`'s ``wait`` and ``duration``). At the end of the first
+  they waited for their first byte (their answer's headers: the pool hears
+  of them through :class:`~asyncsync.blobsink.AnswerWatcher`) and how long
+  they took in all (:meth:`release`'s ``wait`` and ``duration``). At the end of the first
   window the shortest wait is taken as the link's latency ``L`` (queueing only
   ever adds to it, as a round-trip minimum in TCP's congestion control), and
   the mean duration as ``T``: a transfer occupies what it shares (CPU, the

@@ -387,7 +387,8 @@ class _PoolReceiver:
         self._seen: set[str] = set()
         #: (slot, blob length) of each chunk verified and stored, in order
         self.stored: list[tuple[_Slot, int]] = []
-        #: ``time.monotonic()`` when the first blob's headers arrived (for :class:`AdaptiveLimit`)
+        #: ``time.monotonic()`` when the first answer's headers arrived (for :class:`AdaptiveLimit`);
+        #: None from a source that does not call :meth:`answered` (a local one)
         self.first_byte: float | None = None
 
     def _slot(self, digest: str) -> _Slot:
@@ -397,10 +398,13 @@ class _PoolReceiver:
             raise RemoteError(f"source sent chunk {digest}, which was not requested")
         return slot
 
-    def begin(self, digest: str, length: int) -> BlobWriter:
-        slot = self._slot(digest)
+    def answered(self) -> None:
+        """:class:`~asyncsync.blobsink.AnswerWatcher`: note when the first answer arrived."""
         if self.first_byte is None:
             self.first_byte = time.monotonic()
+
+    def begin(self, digest: str, length: int) -> BlobWriter:
+        slot = self._slot(digest)
 
         def on_stored() -> None:
             self._seen.add(digest)
@@ -411,8 +415,6 @@ class _PoolReceiver:
     def whole(self, digest: str, blob: memoryview) -> None:
         """A blob received whole: :func:`verify_and_write`, what :class:`VerifyingWriter` does in one call."""
         slot = self._slot(digest)
-        if self.first_byte is None:
-            self.first_byte = time.monotonic()
         if len(blob) > blobcodec.MAX_BLOB_SIZE:
             raise ChunkTooLarge(f"chunk {digest}: blob of {len(blob)} bytes exceeds the limit")
         verify_and_write(self._store, digest, [blob], slot.size, self._journal)
