@@ -22,6 +22,7 @@ import click
 from ..config.datastores import open_datastore
 from ..errors import PartialFailure
 from ..names import AuthId, Namespace
+from ..sync.adaptive import DEFAULT_FETCH_WORKERS
 from ..sync.groupfilter import GroupFilters
 from ..sync.pull import PullOptions, pull
 from ..sync.report import LogCallback, ProgressCallback, PullProgress, PullReport
@@ -127,7 +128,13 @@ async def _run(
 @click.option("--burst-in", default=None, help="Burst size of the rate limit (default: one second).")
 @click.option("--verified-only", is_flag=True, help="Only snapshots the remote verified OK.")
 @click.option("--group-workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--fetch-workers", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option(
+    "--fetch-workers",
+    type=click.IntRange(1, 256),
+    default=DEFAULT_FETCH_WORKERS,
+    show_default=True,
+    help="Most chunk requests in flight (the adaptive limit climbs up to it).",
+)
 @click.option("--max-inflight", default="64MiB", show_default=True, help="Most chunk bytes in flight.")
 @click.option(
     "--progress/--no-progress",

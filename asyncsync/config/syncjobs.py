@@ -26,7 +26,7 @@ Keys (all but ``store``, ``remote`` and ``remote-store`` optional):
 ``transfer-last``  only the newest N snapshots of each group
 ``verified-only``  only snapshots whose last verification passed
 ``group-workers``  groups pulled in parallel (default 2)
-``fetch-workers``  chunk requests in flight (default 8)
+``fetch-workers``  chunk requests in flight (default 12)
 ``max-inflight``   bytes of chunks in flight (default 64MiB, at least 16MiB so
                    that a largest chunk always fits)
 =================  ===========================================================
@@ -53,6 +53,7 @@ from typing import Any
 from ..datastore.blob import MAX_CHUNK_SIZE
 from ..errors import AlreadyExists, InvalidInput, InvalidName, NotFound
 from ..names import MAX_NAMESPACE_DEPTH, ROOT_AUTH_ID, ROOT_NS, AuthId, Namespace, safe_id
+from ..sync.adaptive import DEFAULT_FETCH_WORKERS
 from ..sync.groupfilter import GroupFilter, GroupFilters
 from ..units import parse_size
 from . import remotes
@@ -64,7 +65,6 @@ FILE_NAME = "sync.cfg"
 SECTION_TYPE = "sync"
 
 DEFAULT_GROUP_WORKERS = 2
-DEFAULT_FETCH_WORKERS = 8
 DEFAULT_MAX_INFLIGHT = 64 * 1024 * 1024
 MAX_GROUP_WORKERS = 64
 MAX_FETCH_WORKERS = 256

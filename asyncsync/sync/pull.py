@@ -77,6 +77,7 @@ from ..errors import (
 from ..names import ROOT_AUTH_ID, ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
 from ..protocol import GroupItem, SnapshotItem
 from ..units import format_rate, format_size
+from .adaptive import DEFAULT_FETCH_WORKERS
 from .groupfilter import GroupFilters
 from .journal import ResumeJournal
 from .nsmap import NamespaceMap
@@ -127,7 +128,7 @@ class PullOptions:
     rate_in: int | None = None
     burst_in: int | None = None
     group_workers: int = 2
-    fetch_workers: int = 8
+    fetch_workers: int = DEFAULT_FETCH_WORKERS
     max_inflight: int = 64 * MiB
     batch_bytes: int = 4 * MiB
     batch_chunks: int = 64
