@@ -142,7 +142,7 @@ def test_all_fields_typed(cli_env: dict[str, str], setup: Paths) -> None:
     # defaults when nothing is set
     syncjobs.create_job(setup, "plain", {"remote": "pbs2", "remote-store": "s", "store": "other"})
     plain = syncjobs.get_job(setup, "plain")
-    assert (plain.group_workers, plain.fetch_workers, plain.max_inflight) == (2, 12, 64 * 1024**2)
+    assert (plain.group_workers, plain.fetch_workers, plain.max_inflight) == (2, 8, 64 * 1024**2)
     assert plain.rate_in is None and plain.schedule is None and plain.max_depth is None
 
 

@@ -26,7 +26,7 @@ Keys (all but ``store``, ``remote`` and ``remote-store`` optional):
 ``transfer-last``  only the newest N snapshots of each group
 ``verified-only``  only snapshots whose last verification passed
 ``group-workers``  groups pulled in parallel (default 2)
-``fetch-workers``  chunk requests in flight (default 12)
+``fetch-workers``  chunk requests in flight (default 8)
 ``max-inflight``   bytes of chunks in flight (default 64MiB, at least 16MiB so
                    that a largest chunk always fits)
 =================  ===========================================================

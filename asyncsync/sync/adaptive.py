@@ -20,8 +20,8 @@ pool lets this limit find the number by hill climbing on measured throughput:
   around 5 to 8 instead of holding 8. So the transfers may report how long
   they waited for their first byte (their answer's headers: the pool hears
   of them through :class:`~asyncsync.blobsink.AnswerWatcher`) and how long
-  they took in all (:meth:`release`'s ``wait`` and ``duration``). At the end of the first
-  window the shortest wait is taken as the link's latency ``L`` (queueing only
+  they took in all (:meth:`release`'s ``wait`` and ``duration``). At the end
+  of the first window the shortest wait is taken as the link's latency ``L`` (queueing only
   ever adds to it, as a round-trip minimum in TCP's congestion control), and
   the mean duration as ``T``: a transfer occupies what it shares (CPU, the
   server, the link) for about ``T - L`` of its ``T``, so the number in flight
@@ -29,11 +29,12 @@ pool lets this limit find the number by hill climbing on measured throughput:
   latency is ``limit * T / (T - L)`` (Little's law). If that is more than
   one step above the limit, the limit jumps there; otherwise it probes one
   step up as before. Climbing goes on from there. Measured on the bench's
-  cold pull (2 cores, loopback, first window): ``L`` 4 to 10 ms of a ``T`` of
-  46 to 49, so ``4 * T / (T - L)`` is at most 5 and nothing changes; with
-  25 ms added to every answer ``L`` was 29 ms of 53 to 59 and the limit
-  jumped from 4 to 8, then the default ``fetch-workers`` (now 12, see
-  :data:`DEFAULT_FETCH_WORKERS`).
+  cold pull (2 cores, loopback, about the first window): ``L`` 4 to 10 ms of
+  a ``T`` of 40 to 49, so ``4 * T / (T - L)`` is at most 5 and nothing
+  changes; with 25 ms added to every answer ``L`` was 27 to 29 ms of 49 to
+  59 and the limit
+  jumped from 4 to 8, the default ``fetch-workers`` (with 12 allowed it
+  jumped to 10).
 
 A transfer holds one unit of the limit from :meth:`acquire` to
 :meth:`release` (which credits the bytes it moved). Lowering the limit never
@@ -49,12 +50,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: the default ``fetch-workers``: the most transfers in flight, the limit's maximum. Twelve, not
-#: eight: with 25 ms added to every answer the first decision's jump wanted 8.7 and met 8's cap,
-#: and a cold 2 GiB HTTPS pull took a median 4.47 s with 12 against 4.76 s with 8 (5 rounds
-#: each); without the delay the limit stays below 8 on 2 cores and the two were alike (4.03 vs
-#: 3.975 s, 6 rounds). Each transfer holds one connection and its 512 KiB receive buffer.
-DEFAULT_FETCH_WORKERS = 12
+#: the default ``fetch-workers``: the most chunk requests in flight, the limit's maximum. Twelve
+#: was measured (docs/performance.md, session 12): with 25 ms added to every answer a cold 2 GiB
+#: HTTPS pull took a median 4.47 s against 4.76 s with 8, alike without the delay; but in one
+#: full bench run each the rate-limited pull (the async path, one task per worker) held more
+#: (peak RSS 109-125 MiB against 93-97) and its largest 1 s burst on the wire was 0.92 of
+#: burst-in (0.60 with 8), so the default stays 8.
+DEFAULT_FETCH_WORKERS = 8
 
 
 @dataclass(frozen=True, slots=True)
