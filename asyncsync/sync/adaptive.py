@@ -34,7 +34,7 @@ pool lets this limit find the number by hill climbing on measured throughput:
   changes; with 25 ms added to every answer ``L`` was 27 to 29 ms of 49 to
   59 and the limit
   jumped from 4 to 8, the default ``fetch-workers`` (with 12 allowed it
-  jumped to 10).
+  jumped to 10 and climbed to 12).
 
 A transfer holds one unit of the limit from :meth:`acquire` to
 :meth:`release` (which credits the bytes it moved). Lowering the limit never
@@ -52,10 +52,10 @@ from dataclasses import dataclass
 
 #: the default ``fetch-workers``: the most chunk requests in flight, the limit's maximum. Twelve
 #: was measured (docs/performance.md, session 12): with 25 ms added to every answer a cold 2 GiB
-#: HTTPS pull took a median 4.47 s against 4.76 s with 8, alike without the delay; but in one
-#: full bench run each the rate-limited pull (the async path, one task per worker) held more
-#: (peak RSS 109-125 MiB against 93-97) and its largest 1 s burst on the wire was 0.92 of
-#: burst-in (0.60 with 8), so the default stays 8.
+#: HTTPS pull took a median 4.47 s against 4.76 s with 8, alike without the delay; but in the
+#: bench's rate-limited pull (the async path, one task per worker) its largest 1 s burst on the
+#: wire was 0.92 of burst-in, against 0.60 in both runs with 8, and its peak RSS 109-125 MiB
+#: (89-105 with 8), so the default stays 8.
 DEFAULT_FETCH_WORKERS = 8
 
 
