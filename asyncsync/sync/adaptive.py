@@ -21,8 +21,9 @@ pool lets this limit find the number by hill climbing on measured throughput:
   they waited for their first byte (their answer's headers: the pool hears
   of them through :class:`~asyncsync.blobsink.AnswerWatcher`) and how long
   they took in all (:meth:`release`'s ``wait`` and ``duration``). At the end
-  of the first window the shortest wait is taken as the link's latency ``L`` (queueing only
-  ever adds to it, as a round-trip minimum in TCP's congestion control), and
+  of the first window the shortest wait is taken as the link's latency ``L``
+  (queueing, or a new connection's handshake, only ever adds to a wait, as
+  to a round-trip time in TCP's congestion control), and
   the mean duration as ``T``: a transfer occupies what it shares (CPU, the
   server, the link) for about ``T - L`` of its ``T``, so the number in flight
   that keeps the shared parts as busy as ``limit`` transfers would without the
@@ -168,7 +169,8 @@ class AdaptiveLimit:
         self._window_timed = 0
 
     def latency_start(self) -> int | None:
-        """The limit the first window's timings call for (``limit * T / (T - L)``), or None untimed."""
+        """The limit this window's timings call for (``limit * T / (T - L)``, at most the maximum),
+        or None with fewer than ``min_samples`` timed transfers; the first decision jumps to it."""
         wait = self._window_min_wait
         if wait is None or self._window_timed < self.min_samples:
             return None
