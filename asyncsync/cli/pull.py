@@ -22,7 +22,13 @@ import click
 from ..config.datastores import open_datastore
 from ..errors import PartialFailure
 from ..names import AuthId, Namespace
-from ..sync.adaptive import DEFAULT_FETCH_WORKERS
+from ..sync.defaults import (
+    DEFAULT_FETCH_WORKERS,
+    DEFAULT_GROUP_WORKERS,
+    DEFAULT_MAX_INFLIGHT,
+    MAX_FETCH_WORKERS,
+    MAX_GROUP_WORKERS,
+)
 from ..sync.groupfilter import GroupFilters
 from ..sync.pull import PullOptions, pull
 from ..sync.report import LogCallback, ProgressCallback, PullProgress, PullReport
@@ -127,15 +133,25 @@ async def _run(
 @click.option("--rate-in", default=None, help="Incoming rate limit, e.g. 20MiB (per second).")
 @click.option("--burst-in", default=None, help="Burst size of the rate limit (default: one second).")
 @click.option("--verified-only", is_flag=True, help="Only snapshots the remote verified OK.")
-@click.option("--group-workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option(
+    "--group-workers",
+    type=click.IntRange(1, MAX_GROUP_WORKERS),
+    default=DEFAULT_GROUP_WORKERS,
+    show_default=True,
+)
 @click.option(
     "--fetch-workers",
-    type=click.IntRange(1, 256),
+    type=click.IntRange(1, MAX_FETCH_WORKERS),
     default=DEFAULT_FETCH_WORKERS,
     show_default=True,
     help="Most chunk requests in flight (the adaptive limit climbs up to it).",
 )
-@click.option("--max-inflight", default="64MiB", show_default=True, help="Most chunk bytes in flight.")
+@click.option(
+    "--max-inflight",
+    default=f"{DEFAULT_MAX_INFLIGHT // (1024 * 1024)}MiB",
+    show_default=True,
+    help="Most chunk bytes in flight.",
+)
 @click.option(
     "--progress/--no-progress",
     "progress",

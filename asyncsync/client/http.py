@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 from .. import protocol
-from ..blobsink import AnswerWatcher, BlobReceiver, BlobSink, BlobWriter
+from ..blobsink import BlobReceiver, BlobSink, BlobWriter
 from ..datastore import blob
 from ..datastore.manifest import MANIFEST_NAME
 from ..datastore.threads import run_with_token
@@ -563,19 +563,21 @@ class _Delivered:
     """A :class:`BlobReceiver` around another that counts the finished blobs (in a worker thread):
     a retry of :meth:`ReaderSession.fetch_chunks_threaded` asks only for the ones after them."""
 
-    __slots__ = ("bytes", "count", "receiver")
+    __slots__ = ("_answered", "bytes", "count", "receiver")
 
     def __init__(self, receiver: BlobReceiver) -> None:
         self.receiver = receiver
+        #: the wrapped receiver's ``answered`` (:class:`~asyncsync.blobsink.AnswerWatcher`), looked up once
+        self._answered: Callable[[], None] | None = getattr(receiver, "answered", None)
         #: blobs finished so far (they lead the request's digests)
         self.count = 0
         #: bytes of the finished blobs (frame headers counted), not yet taken by :meth:`take_bytes`
         self.bytes = 0
 
     def answered(self) -> None:
-        """Pass the :class:`AnswerWatcher` call on, to a receiver that watches for it."""
-        if isinstance(self.receiver, AnswerWatcher):
-            self.receiver.answered()
+        """Pass the :class:`~asyncsync.blobsink.AnswerWatcher` call on, to a receiver that watches for it."""
+        if self._answered is not None:
+            self._answered()
 
     def begin(self, digest: str, length: int) -> BlobWriter:
         return _CountedWriter(self, self.receiver.begin(digest, length), length)

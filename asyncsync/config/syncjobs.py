@@ -53,7 +53,13 @@ from typing import Any
 from ..datastore.blob import MAX_CHUNK_SIZE
 from ..errors import AlreadyExists, InvalidInput, InvalidName, NotFound
 from ..names import MAX_NAMESPACE_DEPTH, ROOT_AUTH_ID, ROOT_NS, AuthId, Namespace, safe_id
-from ..sync.adaptive import DEFAULT_FETCH_WORKERS
+from ..sync.defaults import (
+    DEFAULT_FETCH_WORKERS,
+    DEFAULT_GROUP_WORKERS,
+    DEFAULT_MAX_INFLIGHT,
+    MAX_FETCH_WORKERS,
+    MAX_GROUP_WORKERS,
+)
 from ..sync.groupfilter import GroupFilter, GroupFilters
 from ..units import parse_size
 from . import remotes
@@ -64,10 +70,6 @@ from .section import Section, SectionConfigFile, Value, check_deletable
 FILE_NAME = "sync.cfg"
 SECTION_TYPE = "sync"
 
-DEFAULT_GROUP_WORKERS = 2
-DEFAULT_MAX_INFLIGHT = 64 * 1024 * 1024
-MAX_GROUP_WORKERS = 64
-MAX_FETCH_WORKERS = 256
 #: a largest chunk must fit into the in-flight budget, else a pull could never progress
 MIN_MAX_INFLIGHT = MAX_CHUNK_SIZE
 MAX_MAX_INFLIGHT = 64 * 1024**3

@@ -33,9 +33,8 @@ pool lets this limit find the number by hill climbing on measured throughput:
   cold pull (2 cores, loopback, about the first window): ``L`` 4 to 10 ms of
   a ``T`` of 40 to 49, so ``4 * T / (T - L)`` is at most 5 and nothing
   changes; with 25 ms added to every answer ``L`` was 27 to 29 ms of 49 to
-  59 and the limit
-  jumped from 4 to 8, the default ``fetch-workers`` (with 12 allowed it
-  jumped to 10 and climbed to 12).
+  59 and the limit jumped from 4 to 8, the default ``fetch-workers`` (with
+  12 allowed it jumped to 10 and climbed to 12).
 
 A transfer holds one unit of the limit from :meth:`acquire` to
 :meth:`release` (which credits the bytes it moved). Lowering the limit never
@@ -50,14 +49,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-#: the default ``fetch-workers``: the most chunk requests in flight, the limit's maximum. Twelve
-#: was measured (docs/performance.md, session 12): with 25 ms added to every answer a cold 2 GiB
-#: HTTPS pull took a median 4.47 s against 4.76 s with 8, alike without the delay; but in the
-#: bench's rate-limited pull (the async path, one task per worker) its largest 1 s burst on the
-#: wire was 0.92 of burst-in, against 0.60 in both runs with 8, and its peak RSS 109-125 MiB
-#: (89-105 with 8), so the default stays 8.
-DEFAULT_FETCH_WORKERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,4 +201,4 @@ class AdaptiveLimit:
         del self.history[:-64]
 
 
-__all__ = ["DEFAULT_FETCH_WORKERS", "AdaptiveLimit", "AdaptiveStep"]
+__all__ = ["AdaptiveLimit", "AdaptiveStep"]

@@ -837,12 +837,12 @@ class FetchPool:
         try:
             await reader.fetch_chunks_threaded(list(todo), receiver, executor)
         finally:
-            first = receiver.first_byte
-            if first is None:
-                self.adaptive.release(sum(wire for _, wire in stored))
-            else:
-                ended = time.monotonic()
-                self.adaptive.release(sum(wire for _, wire in stored), first - started, ended - started)
+            first = receiver.first_byte  # None from a source that does not call answered()
+            self.adaptive.release(
+                sum(wire for _, wire in stored),
+                None if first is None else first - started,
+                None if first is None else time.monotonic() - started,
+            )
             for slot, wire in stored:
                 self._stored(slot, wire, todo)
         if todo:

@@ -77,7 +77,7 @@ from ..errors import (
 from ..names import ROOT_AUTH_ID, ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
 from ..protocol import GroupItem, SnapshotItem
 from ..units import format_rate, format_size
-from .adaptive import DEFAULT_FETCH_WORKERS
+from .defaults import DEFAULT_FETCH_WORKERS, DEFAULT_GROUP_WORKERS, DEFAULT_MAX_INFLIGHT
 from .groupfilter import GroupFilters
 from .journal import ResumeJournal
 from .nsmap import NamespaceMap
@@ -127,9 +127,9 @@ class PullOptions:
     verified_only: bool = False
     rate_in: int | None = None
     burst_in: int | None = None
-    group_workers: int = 2
+    group_workers: int = DEFAULT_GROUP_WORKERS
     fetch_workers: int = DEFAULT_FETCH_WORKERS
-    max_inflight: int = 64 * MiB
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
     batch_bytes: int = 4 * MiB
     batch_chunks: int = 64
     retries: int = 3
