@@ -31,6 +31,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .datastore.blob import digest_of
 from .datastore.manifest import FileEntry
 from .errors import InvalidInput, InvalidName, NotFound, RemoteError
 from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId, check_archive_name
@@ -79,6 +80,12 @@ def frame_length(head: bytes | bytearray, want: str, max_size: int) -> int:
 
 
 # ---- paths (relative to API_PREFIX) ---------------------------------------
+
+
+def listing_tag(body: bytes) -> str:
+    """The tag of a listing answer: the first 16 bytes of the blake3 of its exact body bytes,
+    as 32 hex digits (the snapshot listing's ``ETag``, quoted; see ``docs/protocol.md``)."""
+    return digest_of(body)[:32]
 
 
 def p_ticket() -> str:
@@ -311,6 +318,7 @@ __all__ = [
     "GroupItem",
     "SnapshotItem",
     "frame_length",
+    "listing_tag",
     "ns_from_json",
     "ns_to_json",
     "snapshot_params",

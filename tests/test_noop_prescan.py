@@ -89,10 +89,10 @@ class Reads:
         real_prescan = pull_mod._prescan_groups
         real_begin = pull_mod._begin_group
 
-        def read(gdir: str, owner: AuthId, older: bool) -> Any:
+        def read(gdir: str, owner: AuthId, older: bool, keys: Any = None) -> Any:
             name = "/".join(gdir.split("/")[-2:])
             (self.prescan if getattr(self.in_prescan, "on", False) else self.settle).append(name)
-            return real_read(gdir, owner, older)
+            return real_read(gdir, owner, older, keys)
 
         def prescan(*args: Any) -> Any:
             self.in_prescan.on = True

@@ -504,6 +504,20 @@ class BlockingChannel:
         ``job.cancel()`` :class:`OperationCancelled`. A connection that saw any error
         is closed, never reused.
         """
+        return self.call_full(method, target, headers, body, job, max_size=max_size)[2]
+
+    def call_full(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        job: FetchJob,
+        *,
+        max_size: int,
+    ) -> tuple[int, str | None, bytes]:
+        """:meth:`call`, answering (status, ``ETag`` header or None, body). Any status
+        below 400 is an answer (a ``304 Not Modified`` has an empty body)."""
         url = self.origin + target
         try:
             conn = self._acquire()
@@ -519,7 +533,7 @@ class BlockingChannel:
             data = _read_body(resp, max_size, f"{method} {target}")
             job.check()
             reusable = resp.isclosed()  # the body was read to its end: the connection is clean
-            return data
+            return resp.status, resp.getheader("ETag"), data
         except AsyncSyncError:
             raise
         except (OSError, http.client.HTTPException, ValueError) as exc:

@@ -475,6 +475,59 @@ class Client:
             key=lambda s: s.snapshot,
         )
 
+    async def list_snapshots_tagged(
+        self, store: str, ns: Namespace, known: str | None = None
+    ) -> tuple[str, list[protocol.SnapshotItem] | None]:
+        """All snapshots of ``ns`` (as :meth:`list_snapshots` without a group) with the
+        listing's tag (:func:`~asyncsync.protocol.listing_tag` of the answer body); or
+        ``(known, None)``, unparsed, if the listing's tag is ``known``.
+
+        ``known`` is sent as ``If-None-Match``: a server that tags its listings answers
+        ``304 Not Modified`` without a body; one that does not sends the body, whose tag
+        is computed here, so both give the same answer. A 304 that does not name
+        ``known`` is a :class:`RemoteError`.
+        """
+        tag, data = await self._retrying(
+            lambda: self._tagged_once(protocol.p_snapshots(_store(store)), ns, known)
+        )
+        if data is _UNCHANGED:
+            return tag, None
+        return tag, sorted(
+            (protocol.SnapshotItem.from_json(o) for o in _list(data, "snapshot list")),
+            key=lambda s: s.snapshot,
+        )
+
+    async def _tagged_once(self, path: str, ns: Namespace, known: str | None) -> tuple[str, Any]:
+        """One tagged GET (see :meth:`list_snapshots_tagged`) in one worker-thread hop, the tag
+        and the JSON ``data`` computed in the thread: (tag, data), or (known, ``_UNCHANGED``)
+        when the listing is the known one. Errors as :meth:`_once`."""
+        self.stats.requests += 1
+        target = self._target(path, {"ns": str(ns)})
+        headers = self._headers if known is None else {**self._headers, "If-None-Match": f'"{known}"'}
+        channel = self.channel
+        job = FetchJob()
+
+        def run() -> tuple[str, Any, int]:  # in a worker thread
+            status, etag, raw = channel.call_full("GET", target, headers, None, job, max_size=MAX_JSON_ANSWER)
+            url = channel.origin + target
+            if status == 304:
+                if known is None or etag != f'"{known}"':
+                    raise RemoteError(f"unexpected 304 answer from {url}", url=url)
+                return known, _UNCHANGED, len(raw)
+            if status != 200:
+                raise RemoteError(f"unexpected status {status} from {url}", url=url)
+            tag = protocol.listing_tag(raw)
+            if tag == known:
+                return tag, _UNCHANGED, len(raw)
+            try:
+                return tag, json.loads(raw)["data"], len(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RemoteError(f"malformed answer from {url}", url=url) from exc
+
+        tag, data, received = await run_with_token(None, job, run)
+        self.stats.bytes_received += received
+        return tag, data
+
     async def open_reader(self, store: str, ns: Namespace, snap: SnapshotId) -> ReaderSession:
         """Open a reader session for one snapshot (close it with :meth:`ReaderSession.aclose`)."""
         data = await self._json(
@@ -484,6 +537,10 @@ class Client:
         if not isinstance(reader, str) or not reader.replace("-", "").replace("_", "").isalnum():
             raise RemoteError("malformed reader answer")
         return ReaderSession(self, store, reader, ns, snap)
+
+
+#: the data of a tagged listing whose tag is the known one (see Client.list_snapshots_tagged)
+_UNCHANGED: Any = object()
 
 
 def _store(store: str) -> str:

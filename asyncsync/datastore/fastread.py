@@ -62,30 +62,40 @@ def read_small(path: str, max_size: int = blob.MAX_BLOB_SIZE) -> bytes | None:
     """The bytes of a regular file, None if there is none. At most ``max_size`` + 1 bytes
     are read, so an oversized file costs bounded memory and fails its decoding. Tried
     directly (no exists check first): a missing file costs one failed open."""
+    got = read_small_stat(path, max_size)
+    return None if got is None else got[0]
+
+
+def read_small_stat(path: str, max_size: int = blob.MAX_BLOB_SIZE) -> tuple[bytes, os.stat_result] | None:
+    """:func:`read_small` with the ``fstat`` of the file it read, taken before reading (so
+    a change while it reads leaves times newer than the returned ones)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
         first = os.read(fd, _PIECE)
         if not first:
-            return first
+            return first, st
         parts = [first]
         got = len(first)
         # a short read of a regular file is normally EOF, but only an empty read proves it
         while got <= max_size and (piece := os.read(fd, min(_PIECE, max_size + 1 - got))):
             parts.append(piece)
             got += len(piece)
-        return first if len(parts) == 1 else b"".join(parts)
+        return (first if len(parts) == 1 else b"".join(parts)), st
     finally:
         os.close(fd)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_owner(text: str) -> AuthId:
-    return AuthId.parse(text)  # only valid ids are cached: a bad one raises every time
+def parse_owner(text: str) -> AuthId:
+    """The owner named by an owner file's stripped text (cached: only valid ids are, so a
+    bad one raises :class:`~asyncsync.errors.InvalidName` every time)."""
+    return AuthId.parse(text)
 
 
 def read_owner(gdir: str) -> AuthId | None:
@@ -93,7 +103,7 @@ def read_owner(gdir: str) -> AuthId | None:
     no owner file; an unreadable or invalid one raises (:class:`OSError`,
     :class:`ValueError`, :class:`~asyncsync.errors.InvalidName`)."""
     raw = read_small(f"{gdir}/{OWNER_FILE}")
-    return None if raw is None else _parse_owner(raw.decode("utf-8").strip())
+    return None if raw is None else parse_owner(raw.decode("utf-8").strip())
 
 
 def manifest_digest(snapshot_dir: str) -> str | None:
@@ -108,7 +118,9 @@ __all__ = [
     "is_committed",
     "is_file",
     "manifest_digest",
+    "parse_owner",
     "read_owner",
     "read_small",
+    "read_small_stat",
     "snapshot_folders",
 ]

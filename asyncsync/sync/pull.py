@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..datastore import blob as blobcodec
 from ..datastore import fastread
-from ..datastore.datastore import LOCK_FILE, Datastore, FileLock, SnapshotWriter
+from ..datastore.datastore import LOCK_FILE, OWNER_FILE, Datastore, FileLock, SnapshotWriter
 from ..datastore.index import decode_index
 from ..datastore.manifest import MANIFEST_NAME, FileEntry, Manifest
 from ..errors import (
@@ -77,6 +77,8 @@ from ..errors import (
 from ..names import ROOT_AUTH_ID, ROOT_NS, AuthId, GroupId, Namespace, SnapshotId
 from ..protocol import GroupItem, SnapshotItem
 from ..units import format_rate, format_size
+from . import checkpoint as cpt
+from .checkpoint import KeyRecorder
 from .defaults import DEFAULT_FETCH_WORKERS, DEFAULT_GROUP_WORKERS, DEFAULT_MAX_INFLIGHT
 from .groupfilter import GroupFilters
 from .journal import ResumeJournal
@@ -84,7 +86,7 @@ from .nsmap import NamespaceMap
 from .plan import choose_snapshots, manifest_unchanged, unchanged_count, vanished_snapshots
 from .ratelimit import Clock, RateLimiter
 from .report import GroupResult, GroupStatus, LogCallback, ProgressCallback, PullProgress, PullReport
-from .source import BulkListing, LocalSource, SnapshotSource, Source
+from .source import BulkListing, LocalSource, SnapshotSource, Source, TaggedListing
 from .threads import run_acquire, run_write
 
 if TYPE_CHECKING:
@@ -411,7 +413,7 @@ LocalState = dict[int, str | None]
 _NOTHING_KNOWN: Mapping[GroupId, LocalState] = MappingProxyType({})
 
 
-def _local_state(gdir: str, older: bool = True) -> LocalState:
+def _local_state(gdir: str, older: bool = True, keys: KeyRecorder | None = None) -> LocalState:
     """The committed local snapshots of the group folder ``gdir``, oldest first: time →
     manifest digest, known for the newest only (all :func:`unchanged_count` needs).
 
@@ -420,12 +422,22 @@ def _local_state(gdir: str, older: bool = True) -> LocalState:
     newest committed snapshot is returned: without remove-vanished that is all
     :func:`unchanged_count` looks at (:func:`~asyncsync.sync.plan.choose_snapshots` goes
     by the newest local time alone), and it saves a stat per older snapshot.
+
+    ``keys`` (only without ``older``) records the stat of the manifest of each snapshot
+    tried, newest first (missing ones as missing), each before its read, for a pull
+    checkpoint (:mod:`.checkpoint`); the caller has recorded the group folder's.
     """
+    assert keys is None or not older, "a checkpoint covers only reads without remove-vanished"
     folders = fastread.snapshot_folders(gdir)
     local: LocalState = {}
     for i in range(len(folders) - 1, -1, -1):
         name, t = folders[i]
-        digest = fastread.manifest_digest(f"{gdir}/{name}")
+        if keys is None:
+            digest = fastread.manifest_digest(f"{gdir}/{name}")
+        else:
+            got = fastread.read_small_stat(f"{gdir}/{name}/{MANIFEST_NAME}")
+            keys.add(f"{name}/{MANIFEST_NAME}", None if got is None else got[1])
+            digest = None if got is None else blobcodec.digest_of(got[0])
         if digest is not None:
             if older:
                 local = {t: None for name, t in folders[:i] if fastread.is_committed(f"{gdir}/{name}")}
@@ -444,7 +456,7 @@ class _SettleRules:
     remove_vanished: bool
 
 
-def _read_group(gdir: str, owner: AuthId, older: bool) -> LocalState | None:
+def _read_group(gdir: str, owner: AuthId, older: bool, keys: KeyRecorder | None = None) -> LocalState | None:
     """The local state of the group folder ``gdir`` (:func:`_local_state`, ``older`` as
     there), read under the group lock, which is released before returning; None if the
     group is missing here, locked (another pull or backup), owned by someone other than
@@ -454,7 +466,8 @@ def _read_group(gdir: str, owner: AuthId, older: bool) -> LocalState | None:
     that open fail: no separate exists check, and nothing is created), one try-open of
     ``owner``, one scandir, one try-open + fstat of the newest manifest and one stat per
     older snapshot. It changes nothing (at most the group's lock file is created, as any
-    pull does).
+    pull does). ``keys`` records what was read for a pull checkpoint (:func:`_local_state`),
+    the owner file's stat after the group folder's.
     """
     try:
         # the group lock without group_lock's mkdir and Path objects: a group folder that
@@ -463,9 +476,16 @@ def _read_group(gdir: str, owner: AuthId, older: bool) -> LocalState | None:
     except (AsyncSyncError, OSError):
         return None  # missing, unusable, or locked: the full path reports it
     try:
-        if fastread.read_owner(gdir) != owner:
+        if keys is None:
+            found = fastread.read_owner(gdir)
+        else:
+            keys.add("", os.stat(gdir))  # before the owner file is read, as any entry of it
+            got = fastread.read_small_stat(f"{gdir}/{OWNER_FILE}")
+            keys.add(OWNER_FILE, None if got is None else got[1])
+            found = None if got is None else fastread.parse_owner(got[0].decode("utf-8").strip())
+        if found != owner:
             return None
-        return _local_state(gdir, older)
+        return _local_state(gdir, older, keys)
     except (AsyncSyncError, OSError, ValueError):
         return None  # the full path meets the same problem and reports it as before
     finally:
@@ -478,6 +498,7 @@ def _settle_unchanged(
     groups: Sequence[tuple[GroupId, list[SnapshotItem]]],
     rules: _SettleRules,
     known: Mapping[GroupId, LocalState] = _NOTHING_KNOWN,
+    keys: dict[GroupId, KeyRecorder] | None = None,
 ) -> list[tuple[GroupId, int]]:
     """The groups of ``groups`` (with their remote snapshots) that need nothing, each with
     its count of unchanged snapshots; blocking, one thread hop for many groups.
@@ -489,7 +510,8 @@ def _settle_unchanged(
     ``known`` holds (the prescan read it under its lock while the listing was
     on its way) is decided from that state without reading again. A group that does
     not exist here, is owned by someone else, is locked, or cannot be read is left
-    out, and the full path handles (and reports) it as before.
+    out, and the full path handles (and reports) it as before. With ``keys`` each group
+    read here has its read's stat keys recorded there (for a pull checkpoint).
 
     The answer is final for this run: a group settled here gets no writes, and its
     state was read under its lock, so the run is as if its full path had run at
@@ -504,7 +526,8 @@ def _settle_unchanged(
         if state is None:
             # plain string paths: the same files as group_lock, get_owner, list_snapshot_ids and
             # manifest_digest use, without their per-call Path objects
-            state = _read_group(fastread.group_dir(ns_dir, group), rules.owner, rules.remove_vanished)
+            rec = None if keys is None else keys.setdefault(group, KeyRecorder())
+            state = _read_group(fastread.group_dir(ns_dir, group), rules.owner, rules.remove_vanished, rec)
             if state is None:
                 continue
         n = unchanged_count(
@@ -520,13 +543,20 @@ def _settle_unchanged(
 
 
 def _prescan_groups(
-    store: Datastore, ns: Namespace, groups: Sequence[GroupId], owner: AuthId, older: bool, budget: int
+    store: Datastore,
+    ns: Namespace,
+    groups: Sequence[GroupId],
+    owner: AuthId,
+    older: bool,
+    budget: int,
+    keys: dict[GroupId, KeyRecorder] | None = None,
 ) -> tuple[dict[GroupId, LocalState], int]:
     """The local state of those of ``groups`` that :func:`_read_group` can read (``older``
     as there), each read under its lock (released before the next); blocking, one thread hop.
 
     Stops once the states hold ``budget`` snapshots (a group counts at least one);
-    returns the states and how many of the budget they used.
+    returns the states and how many of the budget they used. With ``keys`` each read
+    group's stat keys are recorded there (for a pull checkpoint).
     """
     out: dict[GroupId, LocalState] = {}
     used = 0
@@ -534,8 +564,11 @@ def _prescan_groups(
     for group in groups:
         if used >= budget:
             break
-        state = _read_group(fastread.group_dir(ns_dir, group), owner, older)
+        rec = None if keys is None else KeyRecorder()
+        state = _read_group(fastread.group_dir(ns_dir, group), owner, older, rec)
         if state is not None:
+            if keys is not None and rec is not None:
+                keys[group] = rec
             out[group] = state
             used += max(1, len(state))
     return out, used
@@ -547,6 +580,15 @@ def _local_groups(store: Datastore, ns: Namespace) -> list[tuple[GroupId, AuthId
     return [(g, store.get_owner(ns, g)) for g in store.list_groups(ns)]
 
 
+def _bulk_plan(remote: Namespace, local: Namespace, snapshots: dict[GroupId, list[SnapshotItem]]) -> _NsPlan:
+    """The plan of a namespace-wide listing: its groups are those it names."""
+    items = [
+        GroupItem(g, None, len(listed), max(i.snapshot.time for i in listed))
+        for g, listed in snapshots.items()
+    ]
+    return _NsPlan(remote, local, items, snapshots)
+
+
 @dataclass(slots=True)
 class _NsPlan:
     remote: Namespace
@@ -554,6 +596,8 @@ class _NsPlan:
     groups: list[GroupItem] | None  # None: the listing failed
     #: snapshots per group from one namespace-wide listing (None: list per group)
     snapshots: dict[GroupId, list[SnapshotItem]] | None = None
+    #: unchanged snapshots per group, from a checkpoint whose listing tag and local keys matched
+    settled: dict[GroupId, int] | None = None
 
 
 class _PullRun:
@@ -584,6 +628,34 @@ class _PullRun:
         self._logical_done = 0
         self._logical_total = 0
         self._current_group: str | None = None
+        #: this run's checkpoint file, None if the run can neither use nor write one
+        self._cp_path = self._checkpoint_path()
+        #: (remote, local) namespace → its entry in this run's checkpoint (not yet checked)
+        self._cp_entries: dict[tuple[Namespace, Namespace], cpt.NamespaceEntry] = {}
+        #: the check of those entries' local keys (:meth:`_check_entries`), run beside the listings
+        self._cp_check: asyncio.Task[set[tuple[Namespace, Namespace]]] | None = None
+        #: (remote, local) namespace → the tag of the snapshot listing received this run
+        self._tags: dict[tuple[Namespace, Namespace], str] = {}
+        #: local namespace → group → the stat keys of its unchanged-group read this run
+        self._cp_keys: dict[Namespace, dict[GroupId, KeyRecorder]] = {}
+
+    def _checkpoint_path(self) -> Path | None:
+        """Where this run's checkpoint lives, if it may have one: a source with tagged
+        namespace-wide listings, no group filter and no remove-vanished (those runs read
+        more than the checkpoint records). The file name digests every option the
+        unchanged-group decision depends on, so another job's checkpoint is never used."""
+        opts = self.options
+        if opts.group_filter.filters or opts.remove_vanished or not isinstance(self.source, TaggedListing):
+            return None
+        options = {
+            "remote-ns": str(opts.remote_ns),
+            "ns": str(opts.ns),
+            "max-depth": opts.max_depth,
+            "owner": str(opts.owner),
+            "transfer-last": opts.transfer_last,
+            "verified-only": opts.verified_only,
+        }
+        return cpt.path_for(self.target.root, cpt.run_key(self.source.description, options))
 
     @property
     def pool(self) -> FetchPool:
@@ -680,6 +752,8 @@ class _PullRun:
 
         order = {(p.local, g): i for i, (p, g) in enumerate(work)}
         work = await self._settle_unchanged(work, prescanned)
+        if self.report.groups_from_checkpoint:
+            self._emit()
         todo = iter(work)
 
         async def group_worker() -> None:
@@ -709,6 +783,8 @@ class _PullRun:
 
         # one order whatever the workers' timing and the pre-check took: the run's order
         self.report.groups.sort(key=lambda r: order.get((r.local_ns, r.group), len(order)))
+        if self._cp_path is not None:
+            await run_write(self._save_checkpoint, plans, not work)
         if opts.remove_vanished:
             await self._remove_vanished(nsmap, plans)
         self.report.duration = time.monotonic() - self._t0
@@ -730,15 +806,25 @@ class _PullRun:
         self.report.namespaces_created = await run_write(
             _create_namespaces, self.target, [local for _, local in pairs]
         )
+        if self._cp_path is not None:
+            cp = await asyncio.to_thread(cpt.load, self._cp_path)
+            entries = ((pair, cp.entry(*pair) if cp is not None else None) for pair in pairs)
+            self._cp_entries = {pair: e for pair, e in entries if e is not None}
         plans: list[_NsPlan] = []
         work: list[tuple[_NsPlan, GroupId]] = []
         prescanned: dict[Namespace, dict[GroupId, LocalState]] = {}
         async with _task_group() as tg:
+            if self._cp_entries:
+                # stat keys under each group's lock, while the listings are on their way: far
+                # cheaper than the prescan, which skips the namespaces the checkpoint covers
+                self._cp_check = tg.create_task(run_write(self._check_entries, dict(self._cp_entries)))
             if isinstance(self.source, BulkListing):
                 # the local groups' state does not depend on the listings: read it while they
                 # are on their way (the client idles meanwhile); used where a namespace-wide
-                # snapshot listing arrives (a per-group listing goes the full path anyway)
-                tg.create_task(self._prescan([local for _, local in pairs], prescanned))
+                # snapshot listing arrives (a per-group listing goes the full path anyway).
+                # Namespaces a valid checkpoint covers are read only if their listing changed
+                scan = [local for pair in pairs if pair not in self._cp_entries for local in (pair[1],)]
+                tg.create_task(self._prescan(scan, prescanned))
             for remote, local in pairs:
                 p = await self._plan_namespace(remote, local)
                 plans.append(p)
@@ -772,13 +858,14 @@ class _PullRun:
             except (AsyncSyncError, OSError):
                 continue
             known = out[ns] = {}
+            keys = self._cp_keys.setdefault(ns, {}) if self._cp_path is not None else None
             groups = [g for g in groups if opts.group_filter.matches(g)]
             for start in range(0, len(groups), SETTLE_BATCH):
                 if budget <= 0:
                     return
                 batch = groups[start : start + SETTLE_BATCH]
                 read, used = await run_write(
-                    _prescan_groups, self.target, ns, batch, opts.owner, opts.remove_vanished, budget
+                    _prescan_groups, self.target, ns, batch, opts.owner, opts.remove_vanished, budget, keys
                 )
                 known.update(read)
                 budget -= used
@@ -798,13 +885,13 @@ class _PullRun:
         bulk_source = isinstance(self.source, BulkListing)
         unfiltered = bulk_source and not opts.group_filter.filters
         if unfiltered and not opts.remove_vanished:
-            snapshots = await self._bulk_snapshots(remote)
-            if snapshots is not None:
-                items = [
-                    GroupItem(g, None, len(listed), max(i.snapshot.time for i in listed))
-                    for g, listed in snapshots.items()
-                ]
-                return _NsPlan(remote, local, items, snapshots)
+            if self._cp_path is not None:
+                plan = await self._tagged_plan(remote, local)
+            else:
+                snapshots = await self._bulk_snapshots(remote)
+                plan = None if snapshots is None else _bulk_plan(remote, local, snapshots)
+            if plan is not None:
+                return plan
             bulk_source = False  # it failed once: list per group, do not ask again
         async with asyncio.TaskGroup() as tg:
             # ask for the snapshot listing while the group listing is on its way (the server
@@ -842,6 +929,13 @@ class _PullRun:
         settled: set[tuple[Namespace, GroupId]] = set()
         by_plan: dict[int, tuple[_NsPlan, list[tuple[GroupId, list[SnapshotItem]]]]] = {}
         for p, g in work:
+            if p.settled is not None and g in p.settled:  # unchanged since the checkpoint
+                unchanged = p.settled[g]
+                self.report.groups.append(GroupResult(p.remote, g, p.local, snapshots_unchanged=unchanged))
+                self.report.snapshots_unchanged += unchanged
+                self.report.groups_from_checkpoint += 1
+                settled.add((p.local, g))
+                continue
             # a group missing from the namespace-wide listing is listed on its own by the full path
             if p.snapshots is not None and g in p.snapshots:
                 by_plan.setdefault(id(p), (p, []))[1].append((g, p.snapshots[g]))
@@ -851,7 +945,8 @@ class _PullRun:
                 batch = candidates[start : start + SETTLE_BATCH]
                 # read-only; it takes group locks (released within the hop), so a cancellation
                 # waits for it like for a write
-                done = await run_write(_settle_unchanged, self.target, p.local, batch, rules, known)
+                keys = self._cp_keys.setdefault(p.local, {}) if self._cp_path is not None else None
+                done = await run_write(_settle_unchanged, self.target, p.local, batch, rules, known, keys)
                 for group, unchanged in done:
                     res = GroupResult(p.remote, group, p.local, snapshots_unchanged=unchanged)
                     self.report.groups.append(res)
@@ -860,6 +955,92 @@ class _PullRun:
                 if done:
                     self._emit()
         return [(p, g) for p, g in work if (p.local, g) not in settled]
+
+    async def _tagged_plan(self, remote: Namespace, local: Namespace) -> _NsPlan | None:
+        """:meth:`_plan_namespace` through the tagged listing (see :class:`TaggedListing`):
+        the plan of the listing, or of the checkpoint if its tag is the checkpoint's (the
+        groups then settled from it, see :meth:`_settle_unchanged`); None if the listing
+        failed (then the caller lists per group)."""
+        assert isinstance(self.source, TaggedListing)
+        entry = self._cp_entries.get((remote, local))
+        try:
+            tag, items = await self.source.list_namespace_snapshots_tagged(
+                remote, entry.tag if entry else None
+            )
+            if items is None and entry is not None and tag == entry.tag:
+                assert self._cp_check is not None
+                if (remote, local) in await self._cp_check:
+                    logger.debug("namespace %s: unchanged since the last pull (checkpoint)", remote)
+                    self._tags[(remote, local)] = tag
+                    groups = [GroupItem(g.group, None, g.unchanged, None) for g in entry.groups]
+                    return _NsPlan(
+                        remote, local, groups, settled={g.group: g.unchanged for g in entry.groups}
+                    )
+            if items is None:
+                # the listing is the checkpoint's but the local groups changed (or a source
+                # answered "unchanged" unasked): the usual way needs the listing itself
+                tag, items = await self.source.list_namespace_snapshots_tagged(remote, None)
+        except AsyncSyncError as exc:
+            logger.debug("namespace %s: bulk snapshot listing failed, listing per group: %s", remote, exc)
+            return None
+        if items is None:
+            return None  # a source that answers "unchanged" to nothing known: list per group
+        # the usual way: the pre-check reads this namespace's local groups (the prescan
+        # skipped it if the checkpoint covered it), recording their keys for the next run
+        self._tags[(remote, local)] = tag
+        self._cp_entries.pop((remote, local), None)
+        out: dict[GroupId, list[SnapshotItem]] = {}
+        for item in items:
+            out.setdefault(item.snapshot.group, []).append(item)
+        return _bulk_plan(remote, local, out)
+
+    def _check_entries(
+        self, entries: Mapping[tuple[Namespace, Namespace], cpt.NamespaceEntry]
+    ) -> set[tuple[Namespace, Namespace]]:
+        """Those of ``entries`` whose every group is as its keys say
+        (:func:`.checkpoint.still_valid`). Blocking (takes group locks)."""
+        return {
+            (remote, local)
+            for (remote, local), entry in entries.items()
+            if cpt.still_valid(str(self.target.ns_path(local)), entry.groups)
+        }
+
+    def _save_checkpoint(self, plans: Sequence[_NsPlan], all_settled: bool) -> None:
+        """Write this run's checkpoint if the run found nothing to do anywhere, through
+        listings it has the tags of and group reads whose keys are all recorded and not
+        racy; else remove any checkpoint of this run's key (it cannot match again after
+        a transfer, and a failed run proves nothing). Blocking."""
+        path = self._cp_path
+        assert path is not None
+        entries = self._checkpoint_entries(plans) if all_settled and self.report.ok else None
+        if entries is None:
+            cpt.remove(path)
+        elif any(p.settled is None for p in plans):  # else it is the checkpoint as read
+            cpt.save(path, cpt.Checkpoint(tuple(entries)))
+
+    def _checkpoint_entries(self, plans: Sequence[_NsPlan]) -> list[cpt.NamespaceEntry] | None:
+        results = {(r.local_ns, r.group): r for r in self.report.groups}
+        entries = []
+        count = 0
+        for p in plans:
+            tag = self._tags.get((p.remote, p.local))
+            if tag is None or p.groups is None:
+                return None
+            if p.settled is not None:
+                entries.append(self._cp_entries[(p.remote, p.local)])
+                count += len(p.settled)
+                continue
+            recorded = self._cp_keys.get(p.local, {})
+            groups = []
+            for item in p.groups:
+                rec = recorded.get(item.group)
+                res = results.get((p.local, item.group))
+                if rec is None or rec.racy or res is None or res.status is not GroupStatus.OK:
+                    return None
+                groups.append(cpt.GroupEntry(item.group, res.snapshots_unchanged, tuple(rec.entries)))
+            count += len(groups)
+            entries.append(cpt.NamespaceEntry(p.remote, p.local, tag, tuple(groups)))
+        return entries if count <= cpt.MAX_CHECKPOINT_GROUPS else None
 
     async def _bulk_snapshots(self, ns: Namespace) -> dict[GroupId, list[SnapshotItem]] | None:
         """All snapshots of ``ns`` by group, or None (list per group) if that listing fails."""

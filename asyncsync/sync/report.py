@@ -82,6 +82,8 @@ class PullReport:
     removed_snapshots: int = 0
     removed_groups: int = 0
     removed_namespaces: int = 0
+    #: groups settled as unchanged from a pull checkpoint, without reading them again
+    groups_from_checkpoint: int = 0
     groups: list[GroupResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -144,6 +146,7 @@ class PullReport:
             "removed-snapshots": self.removed_snapshots,
             "removed-groups": self.removed_groups,
             "removed-namespaces": self.removed_namespaces,
+            "groups-from-checkpoint": self.groups_from_checkpoint,
             "rate": round(self.rate, 1),
             "ok": self.ok,
             "groups": [g.to_json() for g in self.groups],

@@ -123,6 +123,21 @@ class BulkListing(Protocol):
     async def list_namespace_snapshots(self, ns: Namespace) -> list[SnapshotItem]: ...
 
 
+@runtime_checkable
+class TaggedListing(Protocol):
+    """Optional for a :class:`BulkListing` source: the namespace-wide listing with its tag
+    (:func:`~asyncsync.protocol.listing_tag` of the listing's wire bytes), so a pull can tell
+    that a listing is the one a checkpoint recorded (:mod:`.checkpoint`) without parsing it.
+    """
+
+    async def list_namespace_snapshots_tagged(
+        self, ns: Namespace, known: str | None
+    ) -> tuple[str, list[SnapshotItem] | None]:
+        """(tag, the items of :meth:`BulkListing.list_namespace_snapshots`), or ``(known, None)``
+        when the listing's tag is ``known``."""
+        ...
+
+
 # ---- local datastore ----------------------------------------------------------
 
 
@@ -375,6 +390,12 @@ class HttpSource:
         """Every snapshot of ``ns`` the caller may see, in one request (see :class:`BulkListing`)."""
         return await self.client.list_snapshots(self.store, ns)
 
+    async def list_namespace_snapshots_tagged(
+        self, ns: Namespace, known: str | None
+    ) -> tuple[str, list[SnapshotItem] | None]:
+        """:meth:`list_namespace_snapshots` with its tag (see :class:`TaggedListing`)."""
+        return await self.client.list_snapshots_tagged(self.store, ns, known)
+
     async def open_reader(self, ns: Namespace, snap: SnapshotId) -> SnapshotSource:
         return HttpSnapshotSource(await self.client.open_reader(self.store, ns, snap))
 
@@ -399,5 +420,6 @@ __all__ = [
     "LocalSource",
     "SnapshotSource",
     "Source",
+    "TaggedListing",
     "ThreadedChunks",
 ]
