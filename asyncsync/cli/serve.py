@@ -94,6 +94,12 @@ def _response_delay(ctx: click.Context, param: click.Parameter, value: str) -> f
     help="For benchmarks and tests: hold every HTTP response back this long (e.g. 25ms, at most "
     f"{MAX_RESPONSE_DELAY:g}s), like a link with that much added latency. 0: off.",
 )
+@click.option(
+    "--no-listing-cache",
+    is_flag=True,
+    help="Build every snapshot listing from the datastore's folders; by default answers are kept "
+    "in memory and dropped when inotify reports a change (never on NFS, SMB, FUSE or overlayfs).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     listen: str,
@@ -106,6 +112,7 @@ def serve(
     header_timeout: float,
     no_scheduler: bool,
     response_delay: float,
+    no_listing_cache: bool,
     verbose: bool,
 ) -> None:
     """Serve every configured datastore to remotes over HTTPS until SIGTERM/SIGINT.
@@ -127,6 +134,7 @@ def serve(
         header_timeout=header_timeout,
         scheduler=not no_scheduler,
         response_delay=response_delay,
+        listing_cache=not no_listing_cache,
     )
 
     def ready(info: ServerInfo) -> None:

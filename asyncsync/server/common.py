@@ -48,6 +48,9 @@ class ServerOptions:
     #: benchmarks and tests: hold every request back this many seconds before its handler
     #: runs, like a link with that much added latency (0: off, no middleware installed)
     response_delay: float = 0.0
+    #: keep snapshot listing answers in memory, invalidated by inotify
+    #: (:mod:`asyncsync.server.listing_cache`; ``asyncsync serve --no-listing-cache``: off)
+    listing_cache: bool = True
 
 
 OPTIONS: web.AppKey[ServerOptions] = web.AppKey("options", ServerOptions)

@@ -27,13 +27,13 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from .. import protocol
@@ -58,6 +58,7 @@ from ..names import (
 )
 from .common import OPTIONS, READERS, get_access, get_auth_id, ok, read_json
 from .keys import PATHS
+from .listing_cache import ListingCache
 from .readers import ReaderSession
 
 log = logging.getLogger("asyncsync.server")
@@ -192,13 +193,22 @@ def _committed_times(gdir: str) -> list[int]:
     return [t for name, t in fastread.snapshot_folders(gdir) if fastread.is_committed(f"{gdir}/{name}")]
 
 
-def _list_groups(ns_dir: str) -> list[GroupId]:
+#: called with each directory a listing reads, before it scans it or reads a file in it
+#: (the listing cache's watches: :class:`~asyncsync.server.listing_cache.ListingCache`)
+Watch = Callable[[str], None]
+
+
+def _list_groups(ns_dir: str, watch: Watch | None = None) -> list[GroupId]:
     """:meth:`Datastore.list_groups` of the namespace folder ``ns_dir`` (same groups, same
-    order), sorted by plain string keys instead of comparing GroupId objects."""
+    order), sorted by plain string keys instead of comparing GroupId objects. ``watch``
+    is called with each backup-type folder before it is scanned."""
     found: list[tuple[str, str, BackupType]] = []
     for t in BackupType:
+        tdir = f"{ns_dir}/{t.value}"
+        if watch is not None:
+            watch(tdir)
         try:
-            with os.scandir(f"{ns_dir}/{t.value}") as it:
+            with os.scandir(tdir) as it:
                 found.extend((t.value, e.name, t) for e in it if e.is_dir() and not e.name.startswith("."))
         except FileNotFoundError:
             continue
@@ -491,20 +501,34 @@ def _snapshot_rows(
     group: GroupId | None,
     only_for: AuthId | None,
     cache: ManifestCache,
+    watch: Watch | None = None,
 ) -> list[_SnapshotRow]:
     """The committed snapshots of one group (or all groups of ``ns``) the caller may see, per
     group; manifests decoded through ``cache``. Per group: one try-open of ``owner``, one
     scandir; per snapshot: one stat of the manifest (and a read of it unless the cache
-    knows that version: :meth:`ManifestCache.facts_at`), one access() for ``.protected``."""
+    knows that version: :meth:`ManifestCache.facts_at`), one access() for ``.protected``.
+
+    ``watch``, if given, is called with every directory this reads (the namespace
+    folder, the backup-type folders, the group folders, the snapshot folders), each
+    before that directory is scanned or a file in it is read; it changes nothing read."""
+    ns_dir = str(ds.ns_path(ns))
+    if watch is not None:
+        watch(ns_dir)
     if not ds.namespace_exists(ns):
         raise NotFound(f"namespace {ns} does not exist")
-    ns_dir = str(ds.ns_path(ns))
-    groups = [group] if group is not None else _list_groups(ns_dir)
+    if group is None:
+        groups = _list_groups(ns_dir, watch)
+    else:
+        groups = [group]
+        if watch is not None:
+            watch(f"{ns_dir}/{group.type.value}")  # the group folder's entry (and the 404 below)
     out: list[_SnapshotRow] = []
     facts_at = cache.facts_at
     exists = os.access
     for g in groups:
         gdir = fastread.group_dir(ns_dir, g)
+        if watch is not None:
+            watch(gdir)
         owner = _owner_at(gdir)
         if only_for is not None and not owns(owner, only_for):
             if group is not None:
@@ -514,6 +538,8 @@ def _snapshot_rows(
         snaps = []
         for name, t in fastread.snapshot_folders(gdir):
             folder = f"{gdir}/{name}"
+            if watch is not None:
+                watch(folder)
             fx = facts_at(f"{folder}/{MANIFEST_NAME}")
             if fx is None:
                 continue  # not committed (or removed meanwhile)
@@ -550,12 +576,14 @@ def _snapshots_json(
     group: GroupId | None,
     only_for: AuthId | None,
     cache: ManifestCache,
+    watch: Watch | None = None,
 ) -> bytes:
     """The snapshot listing's answer body: exactly ``{"data": [item.to_json(), ...]}`` of
     :func:`_snapshots_blocking`, compactly encoded, built as one string from the JSON
-    pieces the cached :class:`ManifestFacts` carry (no per-snapshot objects or dicts)."""
+    pieces the cached :class:`ManifestFacts` carry (no per-snapshot objects or dicts).
+    ``watch``: see :func:`_snapshot_rows` (the body does not depend on it)."""
     parts = []
-    for g, owner, snaps in _snapshot_rows(ds, ns, group, only_for, cache):
+    for g, owner, snaps in _snapshot_rows(ds, ns, group, only_for, cache, watch):
         head = _group_head(g) + ',"backup-time":'
         owner_json = _owner_json(owner)
         for t, fx, protected in snaps:
@@ -673,7 +701,30 @@ def _read_frames(root: str, digests: Sequence[str], start: int, target: int) -> 
 
 
 def _json_body(body: bytes) -> web.Response:
+    """A 200 answer of ``body`` as is: aiohttp sends these bytes (no compression is enabled)."""
     return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+def _tag_matches(request: web.Request, etag: str) -> bool:
+    """Whether an ``If-None-Match`` of ``request`` names ``etag`` (a quoted strong tag):
+    the tag itself, alone or in a comma-separated list, or ``*``. Weak tags (``W/"..."``)
+    never match: the listing's tags are strong, and a weak comparison is not asked for."""
+    for value in request.headers.getall(hdrs.IF_NONE_MATCH, ()):
+        for item in value.split(","):
+            tag = item.strip()
+            if tag == etag or tag == "*":
+                return True
+    return False
+
+
+def _tagged_body(request: web.Request, body: bytes, etag: str) -> web.Response:
+    """The 200 answer of ``body`` with its ``ETag``, or ``304 Not Modified`` (no body, the
+    same ``ETag``) when the request's ``If-None-Match`` names that tag."""
+    if _tag_matches(request, etag):
+        return web.Response(status=304, headers={hdrs.ETAG: etag})
+    resp = _json_body(body)
+    resp.headers[hdrs.ETAG] = etag
+    return resp
 
 
 # ---- handlers --------------------------------------------------------------------------------
@@ -735,18 +786,29 @@ async def list_groups(request: web.Request) -> web.Response:
 
 
 async def list_snapshots(request: web.Request) -> web.Response:
-    """``GET .../snapshots?ns=&backup-type=&backup-id=``: the snapshots the caller may see."""
+    """``GET .../snapshots?ns=&backup-type=&backup-id=``: the snapshots the caller may see.
+
+    Served through the app's :class:`ListingCache` (a repeated listing of an unchanged
+    namespace costs no file system walk). The answer carries an ``ETag``; a matching
+    ``If-None-Match`` gets 304, decided only after every check a 200 would pass (400,
+    403 and 404 answers are the same with or without it)."""
     store = _store_name(request)
     ns = _ns(request.query.get("ns"))
     group = _group(request.query, required=False)
     auth_id, vis = _visibility(request, store, ns)
     only_for = auth_id if vis is Visibility.OWNED else None
-    cache = request.app[MANIFEST_CACHE]
+    manifests = request.app[MANIFEST_CACHE]
 
-    def work() -> bytes:
-        return _snapshots_json(_open(request, store), ns, group, only_for, cache)
+    def locate() -> tuple[str, str, Datastore]:
+        ds = _open(request, store)
+        return os.path.realpath(ds.root), str(ds.ns_path(ns)), ds
 
-    return _json_body(await asyncio.to_thread(work))
+    def build(ds: Datastore, watch: Watch | None) -> bytes:
+        return _snapshots_json(ds, ns, group, only_for, manifests, watch)
+
+    scope = (str(ns), None if group is None else str(group), None if only_for is None else str(only_for))
+    listing = await request.app[LISTING_CACHE].get(scope, locate, build)
+    return _tagged_body(request, listing.body, listing.etag)
 
 
 async def open_reader(request: web.Request) -> web.Response:
@@ -902,8 +964,21 @@ async def fetch_chunks(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+#: the server's snapshot listing cache (one per application; see :class:`ListingCache`)
+LISTING_CACHE: web.AppKey[ListingCache] = web.AppKey("listing_cache", ListingCache)
+
+
+async def _close_listing_cache(app: web.Application) -> None:
+    """App cleanup: the listing cache's loop reader and inotify descriptor go."""
+    app[LISTING_CACHE].close()
+
+
 def setup(app: web.Application) -> None:
+    """Add the datastore routes and the caches (a test may replace ``app[LISTING_CACHE]``
+    before the app starts; cleanup closes whichever is there)."""
     app[MANIFEST_CACHE] = ManifestCache()
+    app[LISTING_CACHE] = ListingCache(enabled=app[OPTIONS].listing_cache)
+    app.on_cleanup.append(_close_listing_cache)
     base = _A + "/admin/datastore"
     r = app.router
     r.add_get(_A + protocol.p_datastores(), list_stores)
@@ -917,4 +992,12 @@ def setup(app: web.Application) -> None:
     r.add_post(base + "/{store}/reader/{reader}/chunks", fetch_chunks)
 
 
-__all__ = ["MANIFEST_CACHE", "ManifestCache", "ManifestFacts", "manifest_facts", "owns", "setup"]
+__all__ = [
+    "LISTING_CACHE",
+    "MANIFEST_CACHE",
+    "ManifestCache",
+    "ManifestFacts",
+    "manifest_facts",
+    "owns",
+    "setup",
+]
