@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -356,3 +357,41 @@ def test_save_writes_atomically_and_clears_dead_writers_temp_files(tmp_path: Pat
     assert not stale.exists()
     assert [p.name for p in path.parent.iterdir()] == ["k.json"]
     assert cpt.load(path) == cpt.Checkpoint((entry,))
+
+
+def _temp_entry(folder: Path, pid: int) -> Path:
+    """A writer's temp folder (as chunkstore.tmp_name names them) in ``folder``."""
+    path = folder / f".tmp.{pid}.0123456789ab.x"
+    path.mkdir(parents=True)
+    (path / "part").write_bytes(b"half written")
+    return path
+
+
+async def test_a_group_holding_a_temp_entry_is_not_recorded(
+    remote: Installation, remote_server: RunningServer, synced: tuple[Datastore, PullReport]
+) -> None:
+    dst, _ = synced
+    live = await asyncio.to_thread(_temp_entry, dst.group_path(ROOT_NS, VM100), os.getpid())
+    await asyncio.to_thread(settle)
+    report = await http_pull(remote_server, remote, dst)
+    assert report.ok and report.snapshots_synced == 0
+    assert live.exists()  # a live writer's: left alone
+    # the group's folder held a temp entry: cleanup must keep looking there, so no checkpoint
+    assert checkpoints(dst) == []
+
+
+async def test_dead_writers_temp_entries_are_still_removed(
+    remote: Installation, remote_server: RunningServer, synced: tuple[Datastore, PullReport]
+) -> None:
+    dst, noop = synced
+    dead = 999_999_999  # no such process
+    in_recorded = await asyncio.to_thread(_temp_entry, dst.group_path(ROOT_NS, VM100), dead)
+    # a group only the target has (not in any listing, so in no checkpoint entry)
+    local_only = await asyncio.to_thread(_temp_entry, dst.group_path(NS_A, GroupId.parse("vm/999")), dead)
+    report = await http_pull(remote_server, remote, dst)
+    assert report.ok
+    assert not in_recorded.exists() and not local_only.exists()
+    # namespace a's recorded groups did not change (vm/999 is not one of them): still settled from it
+    root_groups = [g for g in report.groups if g.local_ns == ROOT_NS]
+    assert report.groups_from_checkpoint == len(report.groups) - len(root_groups)
+    assert comparable(report) == comparable(noop)

@@ -17,6 +17,7 @@ import stat
 
 from ..names import AuthId, GroupId
 from . import blob
+from .chunkstore import TMP_PREFIX
 from .datastore import OWNER_FILE, snapshot_time
 from .manifest import MANIFEST_NAME
 
@@ -28,12 +29,22 @@ def group_dir(ns_dir: str, group: GroupId) -> str:
     return f"{ns_dir}/{group.type.value}/{group.id}"
 
 
-def snapshot_folders(gdir: str) -> list[tuple[str, int]]:
+def snapshot_folders(gdir: str, temp: list[str] | None = None) -> list[tuple[str, int]]:
     """(name, time) of the snapshot folders in the group folder ``gdir``, oldest first,
-    committed or not: one scandir, the entry types from the listing itself."""
+    committed or not: one scandir, the entry types from the listing itself. With ``temp``,
+    the names of temp entries (``.tmp.*``, a writer's, live or dead) are added to it."""
     try:
         with os.scandir(gdir) as it:
-            names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
+            if temp is None:
+                names = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
+            else:
+                names = []
+                for e in it:
+                    if not e.name.startswith("."):
+                        if e.is_dir():
+                            names.append(e.name)
+                    elif e.name.startswith(TMP_PREFIX):
+                        temp.append(e.name)
     except (FileNotFoundError, NotADirectoryError):
         return []
     names.sort()  # canonical names sort chronologically

@@ -66,18 +66,25 @@ def _key(st: os.stat_result) -> list[int]:
 
 
 class KeyRecorder:
-    """The stat keys one group's read took, in order; :attr:`racy` once any was too new.
+    """The stat keys one group's read took, in order; not :attr:`valid` once any was too
+    new, or the group folder held a temp entry (see :meth:`spoil`).
 
     Made just before the read starts; :meth:`add` is given each stat taken before
     the read it guards (None for a file the read found missing).
     """
 
-    __slots__ = ("_limit", "entries", "racy")
+    __slots__ = ("_limit", "entries", "valid")
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, StatKey]] = []
-        self.racy = False
+        self.valid = True
         self._limit = time.time_ns() - RACY_NS
+
+    def spoil(self) -> None:
+        """The read cannot be recorded. Used for a group folder holding a writer's temp
+        entry: a recorded folder is known to hold none (so a pull whose keys all match
+        skips looking for dead writers' temp files there: :meth:`Datastore.cleanup_temp`)."""
+        self.valid = False
 
     def add(self, rel: str, st: os.stat_result | None) -> None:
         """Record ``st`` for the path ``rel`` (relative to the group folder; "" is the folder)."""
@@ -85,7 +92,7 @@ class KeyRecorder:
             self.entries.append((rel, None))
             return
         if st.st_mtime_ns > self._limit or st.st_ctime_ns > self._limit:
-            self.racy = True
+            self.valid = False
         self.entries.append((rel, _key(st)))
 
 

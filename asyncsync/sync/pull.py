@@ -428,7 +428,13 @@ def _local_state(gdir: str, older: bool = True, keys: KeyRecorder | None = None)
     checkpoint (:mod:`.checkpoint`); the caller has recorded the group folder's.
     """
     assert keys is None or not older, "a checkpoint covers only reads without remove-vanished"
-    folders = fastread.snapshot_folders(gdir)
+    if keys is None:
+        folders = fastread.snapshot_folders(gdir)
+    else:
+        temp: list[str] = []
+        folders = fastread.snapshot_folders(gdir, temp)
+        if temp:
+            keys.spoil()
     local: LocalState = {}
     for i in range(len(folders) - 1, -1, -1):
         name, t = folders[i]
@@ -633,7 +639,9 @@ class _PullRun:
         #: (remote, local) namespace → its entry in this run's checkpoint (not yet checked)
         self._cp_entries: dict[tuple[Namespace, Namespace], cpt.NamespaceEntry] = {}
         #: the check of those entries' local keys (:meth:`_check_entries`), run beside the listings
-        self._cp_check: asyncio.Task[set[tuple[Namespace, Namespace]]] | None = None
+        self._cp_check: asyncio.Task[dict[tuple[Namespace, Namespace], cpt.NamespaceEntry]] | None = None
+        #: set once it is known whether there is such a check (:attr:`_cp_check` is final)
+        self._cp_checked = asyncio.Event()
         #: (remote, local) namespace → the tag of the snapshot listing received this run
         self._tags: dict[tuple[Namespace, Namespace], str] = {}
         #: local namespace → group → the stat keys of its unchanged-group read this run
@@ -747,7 +755,7 @@ class _PullRun:
                 # only the temp folders (O(temp files)); gc does the full O(chunks) scan. It
                 # runs while the listings are on their way: it removes only what dead
                 # processes left, which neither the listings nor creating namespaces touch
-                tg.create_task(run_write(functools.partial(self.target.cleanup_temp, full=False)))
+                tg.create_task(self._clean_temp())
             plans, work, prescanned = await self._plan(nsmap)
 
         order = {(p.local, g): i for i, (p, g) in enumerate(work)}
@@ -792,6 +800,19 @@ class _PullRun:
         self._emit()
         return self.report
 
+    async def _clean_temp(self) -> None:
+        """Remove dead writers' temp files (:meth:`Datastore.cleanup_temp`, not the full
+        pass). Where this run has a checkpoint, after its check: the groups of an entry
+        whose keys all matched hold none (a group folder is recorded only if it held no
+        temp entry, and it has not changed since), so they are not looked into."""
+        await self._cp_checked.wait()
+        clean: set[str] = set()
+        if self._cp_check is not None:
+            for (_, local), entry in (await self._cp_check).items():
+                ns_dir = str(self.target.ns_path(local))
+                clean.update(fastread.group_dir(ns_dir, g.group) for g in entry.groups)
+        await run_write(functools.partial(self.target.cleanup_temp, full=False, clean=clean))
+
     async def _plan(
         self, nsmap: NamespaceMap
     ) -> tuple[list[_NsPlan], list[tuple[_NsPlan, GroupId]], dict[Namespace, dict[GroupId, LocalState]]]:
@@ -818,6 +839,7 @@ class _PullRun:
                 # stat keys under each group's lock, while the listings are on their way: far
                 # cheaper than the prescan, which skips the namespaces the checkpoint covers
                 self._cp_check = tg.create_task(run_write(self._check_entries, dict(self._cp_entries)))
+            self._cp_checked.set()
             if isinstance(self.source, BulkListing):
                 # the local groups' state does not depend on the listings: read it while they
                 # are on their way (the client idles meanwhile); used where a namespace-wide
@@ -996,11 +1018,11 @@ class _PullRun:
 
     def _check_entries(
         self, entries: Mapping[tuple[Namespace, Namespace], cpt.NamespaceEntry]
-    ) -> set[tuple[Namespace, Namespace]]:
+    ) -> dict[tuple[Namespace, Namespace], cpt.NamespaceEntry]:
         """Those of ``entries`` whose every group is as its keys say
         (:func:`.checkpoint.still_valid`). Blocking (takes group locks)."""
         return {
-            (remote, local)
+            (remote, local): entry
             for (remote, local), entry in entries.items()
             if cpt.still_valid(str(self.target.ns_path(local)), entry.groups)
         }
@@ -1035,7 +1057,7 @@ class _PullRun:
             for item in p.groups:
                 rec = recorded.get(item.group)
                 res = results.get((p.local, item.group))
-                if rec is None or rec.racy or res is None or res.status is not GroupStatus.OK:
+                if rec is None or not rec.valid or res is None or res.status is not GroupStatus.OK:
                     return None
                 groups.append(cpt.GroupEntry(item.group, res.snapshots_unchanged, tuple(rec.entries)))
             count += len(groups)
