@@ -44,7 +44,6 @@ from typing import Any, Final
 
 from ..datastore import blob, fastread
 from ..datastore.chunkstore import is_stale_tmp, tmp_name
-from ..datastore.datastore import LOCK_FILE, FileLock
 from ..errors import AsyncSyncError
 from ..names import GroupId, Namespace
 
@@ -244,23 +243,24 @@ def _stat_key(path: str) -> StatKey:
 
 def still_valid(ns_dir: str, groups: Sequence[GroupEntry]) -> bool:
     """Whether every group of ``groups`` (of the local namespace folder ``ns_dir``) is as
-    its keys say, each checked under its group lock (released at once), as the
-    unchanged-group check reads it. False at the first difference, and for a group that
-    is locked (the full path then reports it as it does today) or cannot be checked."""
+    its keys say; False at the first difference, or for a path that cannot be checked.
+
+    No group lock is taken (it cost ~7 ms per 1,000 groups, a third of the check): the
+    keys alone prove that nothing the decision reads changed from the recording until
+    its stat, since every write moves a key for good. So a group whose lock another
+    process holds without having changed any of it (a verify, a backup still uploading
+    chunks, another pull reading it) counts as unchanged here, which it is, where the
+    unchanged-group check would have found it locked and left it to the full path (which
+    reports it "locked"); a writer that changed it is seen by its keys, and then the full
+    path meets its lock as before."""
     for g in groups:
         gdir = fastread.group_dir(ns_dir, g.group)
-        try:
-            lock = FileLock(f"{gdir}/{LOCK_FILE}", "group").acquire()
-        except (AsyncSyncError, OSError):
-            return False
         try:
             for rel, want in g.keys:
                 if _stat_key(f"{gdir}/{rel}" if rel else gdir) != want:
                     return False
         except OSError:
             return False
-        finally:
-            lock.release()
     return True
 
 

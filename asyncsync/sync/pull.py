@@ -836,8 +836,8 @@ class _PullRun:
         prescanned: dict[Namespace, dict[GroupId, LocalState]] = {}
         async with _task_group() as tg:
             if self._cp_entries:
-                # stat keys under each group's lock, while the listings are on their way: far
-                # cheaper than the prescan, which skips the namespaces the checkpoint covers
+                # stat keys, while the listings are on their way: far cheaper than the
+                # prescan, which skips the namespaces the checkpoint covers
                 self._cp_check = tg.create_task(run_write(self._check_entries, dict(self._cp_entries)))
             self._cp_checked.set()
             if isinstance(self.source, BulkListing):
@@ -1020,7 +1020,7 @@ class _PullRun:
         self, entries: Mapping[tuple[Namespace, Namespace], cpt.NamespaceEntry]
     ) -> dict[tuple[Namespace, Namespace], cpt.NamespaceEntry]:
         """Those of ``entries`` whose every group is as its keys say
-        (:func:`.checkpoint.still_valid`). Blocking (takes group locks)."""
+        (:func:`.checkpoint.still_valid`). Blocking."""
         return {
             (remote, local): entry
             for (remote, local), entry in entries.items()
