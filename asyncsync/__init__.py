@@ -8,13 +8,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import startup as _startup
+
 __version__ = "0.1.0"
 
-from .datastore.chunkstore import ChunkStore, SyncLevel
-from .datastore.datastore import Datastore, SnapshotInfo, SnapshotWriter
-from .datastore.manifest import FileEntry, Manifest
-from .errors import AsyncSyncError
-from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId
+# the collector paused while these load (see asyncsync.startup), and resumed (unfrozen) after
+_paused_here = _startup.pause()
+from .datastore.chunkstore import ChunkStore, SyncLevel  # noqa: E402
+from .datastore.datastore import Datastore, SnapshotInfo, SnapshotWriter  # noqa: E402
+from .datastore.manifest import FileEntry, Manifest  # noqa: E402
+from .errors import AsyncSyncError  # noqa: E402
+from .names import AuthId, BackupType, GroupId, Namespace, SnapshotId  # noqa: E402
+
+if _paused_here:
+    _startup.resume(freeze=False)
 
 if TYPE_CHECKING:
     from .sync.pull import PullOptions, pull

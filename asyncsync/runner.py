@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
+from . import startup
 from .sync.threads import transfer_switch_interval
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ def run(factory: Callable[[], Coroutine[Any, Any, T]], *, transfer: bool = True)
         # 1,000 groups of a pull report
         result.append(await factory())
 
+    startup.resume()  # the modules are loaded: collect from here on (see asyncsync.startup)
     with transfer_switch_interval() if transfer else nullcontext():
         try:
             import uvloop

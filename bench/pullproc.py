@@ -12,18 +12,22 @@ and exits 1 if any group failed.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
-from pathlib import Path
+from asyncsync import startup
 
-from asyncsync.datastore.chunkstore import SyncLevel
-from asyncsync.datastore.datastore import Datastore
-from asyncsync.names import AuthId
-from asyncsync.runner import run
-from asyncsync.sync.pull import PullOptions, pull
-from asyncsync.sync.source import HttpSource
-from asyncsync.units import parse_size
+startup.pause()  # as the CLI: the collector paused while modules load (runner.run resumes it)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from asyncsync.datastore.chunkstore import SyncLevel  # noqa: E402
+from asyncsync.datastore.datastore import Datastore  # noqa: E402
+from asyncsync.names import AuthId  # noqa: E402
+from asyncsync.runner import run  # noqa: E402
+from asyncsync.sync.pull import PullOptions, pull  # noqa: E402
+from asyncsync.sync.source import HttpSource  # noqa: E402
+from asyncsync.units import parse_size  # noqa: E402
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -8,15 +8,20 @@ unwrapped first.
 
 from __future__ import annotations
 
-import importlib
-import sys
-from typing import Any
+from .. import startup
 
-import click
+# a command: the collector paused while its modules load (resumed by runner.run or main)
+startup.pause()
 
-from .. import __version__
-from ..config.paths import Paths
-from ..errors import AsyncSyncError, exit_code_for
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..config.paths import Paths  # noqa: E402
+from ..errors import AsyncSyncError, exit_code_for  # noqa: E402
 
 #: command name -> modules to import for it (the first defines it; later ones extend it,
 #: e.g. ``syncjob_run`` adds ``sync-job run``). Commands load lazily, so ``asyncsync
@@ -118,7 +123,10 @@ def cli(ctx: click.Context, config_dir: str | None, state_dir: str | None) -> No
 
 
 def main() -> None:
-    cli(prog_name="asyncsync")
+    try:
+        cli(prog_name="asyncsync")
+    finally:
+        startup.resume()  # a command that ran no event loop
 
 
 __all__ = ["cli", "main"]
