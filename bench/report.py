@@ -341,7 +341,10 @@ def to_markdown(results: dict[str, Any]) -> str:
             lines += _latency_text(results, sc)
         if name == "noop":
             lines.append(
-                "Nothing new: MiB/s is the checked dataset size ÷ wall time, so ratios are wall-time ratios."
+                "Nothing new: MiB/s is the checked dataset size ÷ wall time, so ratios are wall-time ratios. "
+                "asyncsync's first round, the first noop after the initial sync, reads every group and "
+                "records a pull checkpoint; later rounds, like a scheduled job's next runs, settle from it "
+                '(docs/architecture.md, "Pull checkpoints"): the min–max column shows both.'
             )
         lines += [
             "",
