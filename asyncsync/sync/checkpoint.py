@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..datastore import blob, fastread
-from ..datastore.chunkstore import is_stale_tmp, tmp_name
+from ..datastore.chunkstore import is_stale_tmp, tmp_name, write_all
 from ..errors import AsyncSyncError
 from ..names import GroupId, Namespace
 
@@ -215,9 +215,7 @@ def save(path: Path, cp: Checkpoint) -> bool:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, (data,))
         finally:
             os.close(fd)
         os.replace(tmp, path)
