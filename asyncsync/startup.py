@@ -5,12 +5,13 @@ functions, dataclass machinery) that live as long as the process, and the collec
 scans them over and over while they pile up: measured on the 2-core VM, those imports
 took 117–142 ms with it and 91–106 ms without (three runs each, ``gc.disable()`` first).
 
-So the command-line entry points call :func:`pause` first thing, and :func:`resume`
-runs when the work starts (:func:`asyncsync.runner.run`, before the event loop) or the
-entry point ends. Resuming freezes what was loaded (:func:`gc.freeze`: those objects
-stay out of every later collection, which then only scans what the work allocates).
-A library import never leaves the collector paused: the package's own imports pause
-and resume it around themselves only (``asyncsync/__init__.py``).
+So the programs call :func:`pause` first thing (``asyncsync/__main__.py``, the
+console script's module, and ``bench/pullproc.py``), and :func:`resume` runs when the
+work starts (:func:`asyncsync.runner.run`, before the event loop) or the command ends.
+Resuming freezes what was loaded (:func:`gc.freeze`: those objects stay out of every
+later collection, which then only scans what the work allocates). A library import,
+the CLI's modules included, never leaves the collector paused: the package's own
+imports pause and resume it around themselves only (``asyncsync/__init__.py``).
 """
 
 from __future__ import annotations

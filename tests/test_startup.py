@@ -1,9 +1,10 @@
 """The collector paused while a command loads its modules (asyncsync.startup).
 
-Contract: importing the package leaves the collector as it was; the command-line entry
-points pause it while they load and resume it (freezing what was loaded) before the work
-runs on the event loop, or when a command without one ends. Each case runs in a fresh
-interpreter, since pausing is process-wide.
+Contract: importing the package, or the CLI's modules as a library, leaves the collector
+as it was; the program (``asyncsync/__main__.py``, the console script's module) pauses it
+while it loads and resumes it (freezing what was loaded) before the work runs on the
+event loop, or when a command without one ends. Each case runs in a fresh interpreter,
+since pausing is process-wide.
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ def _py(code: str) -> str:
 
 def test_importing_the_package_leaves_the_collector_running() -> None:
     assert _py("import asyncsync, gc; from asyncsync import Datastore; print(gc.isenabled())") == "True"
+    assert _py("import gc, asyncsync.cli.main, asyncsync.cli.pull; print(gc.isenabled())") == "True"
+
+
+def test_the_console_script_runs_the_program_module() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "asyncsync"]
+    assert script.value == "asyncsync.__main__:main"
 
 
 def test_a_disabled_collector_stays_disabled() -> None:
     code = """
         import gc; gc.disable()
-        import asyncsync, asyncsync.cli.main
+        import asyncsync, asyncsync.__main__
         from asyncsync.runner import run
         async def work(): return gc.isenabled()
         print(gc.isenabled(), run(work))
@@ -38,7 +47,7 @@ def test_a_disabled_collector_stays_disabled() -> None:
 def test_a_command_loads_paused_and_works_with_the_collector_on_and_frozen_imports() -> None:
     code = """
         import gc
-        import asyncsync.cli.main  # pauses
+        import asyncsync.__main__  # the program: pauses (its main() is not run on import)
         loading = gc.isenabled()
         from asyncsync.runner import run
         async def work(): return gc.isenabled(), gc.get_freeze_count() > 10000
@@ -50,7 +59,7 @@ def test_a_command_loads_paused_and_works_with_the_collector_on_and_frozen_impor
 def test_a_command_without_an_event_loop_resumes_when_it_ends() -> None:
     code = """
         import gc, sys
-        import asyncsync.cli.main as m
+        import asyncsync.__main__ as m
         sys.argv = ["asyncsync", "--version"]
         try:
             m.main()

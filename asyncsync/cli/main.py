@@ -8,20 +8,15 @@ unwrapped first.
 
 from __future__ import annotations
 
-from .. import startup
+import importlib
+import sys
+from typing import Any
 
-# a command: the collector paused while its modules load (resumed by runner.run or main)
-startup.pause()
+import click
 
-import importlib  # noqa: E402
-import sys  # noqa: E402
-from typing import Any  # noqa: E402
-
-import click  # noqa: E402
-
-from .. import __version__  # noqa: E402
-from ..config.paths import Paths  # noqa: E402
-from ..errors import AsyncSyncError, exit_code_for  # noqa: E402
+from .. import __version__, startup
+from ..config.paths import Paths
+from ..errors import AsyncSyncError, exit_code_for
 
 #: command name -> modules to import for it (the first defines it; later ones extend it,
 #: e.g. ``syncjob_run`` adds ``sync-job run``). Commands load lazily, so ``asyncsync
@@ -126,7 +121,7 @@ def main() -> None:
     try:
         cli(prog_name="asyncsync")
     finally:
-        startup.resume()  # a command that ran no event loop
+        startup.resume()  # the program paused the collector (asyncsync.__main__); no loop ran
 
 
 __all__ = ["cli", "main"]
