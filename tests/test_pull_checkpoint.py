@@ -2,14 +2,16 @@
 in a few stats per group instead of reading every group and parsing the listing again.
 
 Contract (asyncsync.sync.checkpoint, asyncsync.sync.pull._PullRun): a pull over a
-tagged source (the HTTP source), with no group filter and no remove-vanished, that
-settles every group as unchanged writes ``<target>/.pull-checkpoints/<run key>.json``
-(listing tags + stat keys of what it read, none younger than RACY_NS). The next such
+tagged source (the HTTP source), with no group filter and no remove-vanished, records
+each namespace whose every group it settles as unchanged in
+``<target>/.pull-checkpoints/<run key>.json`` (its listing's tag + stat keys of what it
+read, none younger than RACY_NS). The next such
 pull with the same options settles a namespace from it only if the listing's tag is
 the recorded one and every recorded key still matches (no group lock is taken); its
 report is then the one the full path gives. Anything else (a remote change,
 a local change, other options, a bad file, a failed run) takes the full path, and a
-run that transfers or fails removes the checkpoint. Real server over TLS on loopback,
+namespace that transferred or failed is left out of the next checkpoint (a run with
+none left removes it). Real server over TLS on loopback,
 real datastores.
 """
 
@@ -143,10 +145,18 @@ async def test_the_tag_is_that_of_the_listing_bytes(
         await source.aclose()
 
 
-async def test_a_new_remote_snapshot_is_pulled_and_the_checkpoint_removed(
+def _recorded(dst: Datastore) -> set[Namespace]:
+    (path,) = checkpoints(dst)
+    cp = cpt.load(path)
+    assert cp is not None
+    return {e.local for e in cp.namespaces}
+
+
+async def test_a_new_remote_snapshot_is_pulled_and_only_its_namespace_is_dropped(
     remote: Installation, remote_server: RunningServer, synced: tuple[Datastore, PullReport]
 ) -> None:
-    dst, _ = synced
+    dst, noop = synced
+    everywhere = {g.local_ns for g in noop.groups}
     snap = SnapshotId.parse("vm/300/2026-11-23T08:00:00Z")
     await asyncio.to_thread(write_snapshot, remote.store, NS_A, snap, owner="admin@pbs")
     report = await http_pull(remote_server, remote, dst)
@@ -155,10 +165,14 @@ async def test_a_new_remote_snapshot_is_pulled_and_the_checkpoint_removed(
     # the other namespaces' listings did not change: they are still settled from the checkpoint
     others = [g for g in report.groups if g.local_ns != NS_A]
     assert report.groups_from_checkpoint == len(others) > 0
-    assert checkpoints(dst) == []  # it transferred: the next noop records afresh
+    # and stay recorded; namespace a transferred, so it is not
+    assert _recorded(dst) == everywhere - {NS_A}
+    # the next noop reads a (its files are now old enough) and records it again
     await asyncio.to_thread(settle)
-    assert (await http_pull(remote_server, remote, dst)).groups_from_checkpoint == 0
-    assert len(checkpoints(dst)) == 1
+    again = await http_pull(remote_server, remote, dst)
+    assert again.groups_from_checkpoint == len(others)
+    assert _recorded(dst) == everywhere
+    assert (await http_pull(remote_server, remote, dst)).groups_from_checkpoint == len(again.groups)
 
 
 def _overwrite(path: Path, data: bytes) -> None:
@@ -348,12 +362,24 @@ async def test_keys_younger_than_the_racy_window_are_not_recorded(
     assert checkpoints(dst) == []
 
 
-async def test_a_failed_run_removes_the_checkpoint(
+async def test_a_failed_group_leaves_its_namespace_unrecorded(
     remote: Installation, remote_server: RunningServer, synced: tuple[Datastore, PullReport]
 ) -> None:
-    dst, _ = synced
+    dst, noop = synced
     owner = dst.group_path(ROOT_NS, VM100) / "owner"
-    owner.write_text("not an owner\n")  # the group fails to read: a failed run
+    await asyncio.to_thread(owner.write_text, "not an owner\n")  # the group fails to read
+    report = await http_pull(remote_server, remote, dst)
+    assert not report.ok
+    assert _recorded(dst) == {g.local_ns for g in noop.groups} - {ROOT_NS}
+
+
+async def test_a_run_with_no_namespace_settled_whole_removes_the_checkpoint(
+    remote: Installation, remote_server: RunningServer, synced: tuple[Datastore, PullReport]
+) -> None:
+    dst, noop = synced
+    for ns in {g.local_ns for g in noop.groups}:  # one group of each namespace fails to read
+        group = next(g.group for g in noop.groups if g.local_ns == ns)
+        await asyncio.to_thread((dst.group_path(ns, group) / "owner").write_text, "not an owner\n")
     report = await http_pull(remote_server, remote, dst)
     assert not report.ok
     assert checkpoints(dst) == []
@@ -388,8 +414,9 @@ async def test_a_group_holding_a_temp_entry_is_not_recorded(
     report = await http_pull(remote_server, remote, dst)
     assert report.ok and report.snapshots_synced == 0
     assert live.exists()  # a live writer's: left alone
-    # the group's folder held a temp entry: cleanup must keep looking there, so no checkpoint
-    assert checkpoints(dst) == []
+    # the group's folder held a temp entry: cleanup must keep looking there, so its
+    # namespace is not recorded (the others still are)
+    assert ROOT_NS not in _recorded(dst) and _recorded(dst)
 
 
 async def test_dead_writers_temp_entries_are_still_removed(

@@ -21,11 +21,12 @@ that decision can be checked for change far more cheaply than they can be read:
 
 The decision (which groups are unchanged, and how many snapshots each) is a pure
 function of those inputs and of the run's options, which select the checkpoint
-file (:func:`run_key`). So a checkpoint whose tags match the listings and whose
-keys all match the files gives exactly the answer the full check would give.
-A checkpoint is only ever *used* to settle groups; anything that does not match,
-cannot be read, or looks wrong makes the pull take its full path, which then
-writes a fresh checkpoint if it too finds nothing to do.
+file (:func:`run_key`). So an entry (one namespace) whose tag matches the listing and
+whose keys all match the files gives exactly the answer the full check would give.
+An entry is only ever *used* to settle groups; anything that does not match, cannot
+be read, or looks wrong makes the pull take its full path for that namespace. Each
+run records every namespace it settled whole, from its reads or from the entry it
+used, and leaves out the others (a namespace that transferred or failed).
 
 Stored as JSON in ``<datastore>/.pull-checkpoints/<run key>.json``, written
 atomically (temp file + rename). Blocking functions: call from a worker thread.

@@ -792,7 +792,7 @@ class _PullRun:
         # one order whatever the workers' timing and the pre-check took: the run's order
         self.report.groups.sort(key=lambda r: order.get((r.local_ns, r.group), len(order)))
         if self._cp_path is not None:
-            await run_write(self._save_checkpoint, plans, not work)
+            await run_write(self._save_checkpoint, plans, work)
         if opts.remove_vanished:
             await self._remove_vanished(nsmap, plans)
         self.report.duration = time.monotonic() - self._t0
@@ -1027,42 +1027,41 @@ class _PullRun:
             if cpt.still_valid(str(self.target.ns_path(local)), entry.groups)
         }
 
-    def _save_checkpoint(self, plans: Sequence[_NsPlan], all_settled: bool) -> None:
-        """Write this run's checkpoint if the run found nothing to do anywhere, through
-        listings it has the tags of and group reads whose keys are all recorded and not
-        racy; else remove any checkpoint of this run's key (it cannot match again after
-        a transfer, and a failed run proves nothing). Blocking."""
+    def _save_checkpoint(self, plans: Sequence[_NsPlan], rest: Sequence[tuple[_NsPlan, GroupId]]) -> None:
+        """Write this run's checkpoint: one entry per namespace whose every group the
+        pre-check settled (none of ``rest``, the groups that took the full path), through a
+        listing it has the tag of and group reads whose keys are all recorded and valid.
+        Each entry stands on its own (its tag and its groups' keys), so a namespace that
+        transferred or failed only goes unrecorded. No entry (or too many groups): any
+        checkpoint of this run's key is removed. Blocking."""
         path = self._cp_path
         assert path is not None
-        entries = self._checkpoint_entries(plans) if all_settled and self.report.ok else None
-        if entries is None:
+        worked = {id(p) for p, _ in rest}
+        entries = [e for p in plans if id(p) not in worked and (e := self._checkpoint_entry(p)) is not None]
+        if not entries or sum(len(e.groups) for e in entries) > cpt.MAX_CHECKPOINT_GROUPS:
             cpt.remove(path)
-        elif any(p.settled is None for p in plans):  # else it is the checkpoint as read
+        elif len(entries) < len(plans) or any(p.settled is None for p in plans):
             cpt.save(path, cpt.Checkpoint(tuple(entries)))
+        # else every namespace was settled from the checkpoint: it is the file as read
 
-    def _checkpoint_entries(self, plans: Sequence[_NsPlan]) -> list[cpt.NamespaceEntry] | None:
-        results = {(r.local_ns, r.group): r for r in self.report.groups}
-        entries = []
-        count = 0
-        for p in plans:
-            tag = self._tags.get((p.remote, p.local))
-            if tag is None or p.groups is None:
+    def _checkpoint_entry(self, p: _NsPlan) -> cpt.NamespaceEntry | None:
+        """The checkpoint entry of a namespace whose every group was settled, or None if a
+        group's read is not recorded or not valid (racy, or its folder held a temp entry)."""
+        tag = self._tags.get((p.remote, p.local))
+        if tag is None or p.groups is None:
+            return None
+        if p.settled is not None:
+            return self._cp_entries[(p.remote, p.local)]
+        results = {r.group: r for r in self.report.groups if r.local_ns == p.local}
+        recorded = self._cp_keys.get(p.local, {})
+        groups = []
+        for item in p.groups:
+            rec = recorded.get(item.group)
+            res = results.get(item.group)
+            if rec is None or not rec.valid or res is None or res.status is not GroupStatus.OK:
                 return None
-            if p.settled is not None:
-                entries.append(self._cp_entries[(p.remote, p.local)])
-                count += len(p.settled)
-                continue
-            recorded = self._cp_keys.get(p.local, {})
-            groups = []
-            for item in p.groups:
-                rec = recorded.get(item.group)
-                res = results.get((p.local, item.group))
-                if rec is None or not rec.valid or res is None or res.status is not GroupStatus.OK:
-                    return None
-                groups.append(cpt.GroupEntry(item.group, res.snapshots_unchanged, tuple(rec.entries)))
-            count += len(groups)
-            entries.append(cpt.NamespaceEntry(p.remote, p.local, tag, tuple(groups)))
-        return entries if count <= cpt.MAX_CHECKPOINT_GROUPS else None
+            groups.append(cpt.GroupEntry(item.group, res.snapshots_unchanged, tuple(rec.entries)))
+        return cpt.NamespaceEntry(p.remote, p.local, tag, tuple(groups))
 
     async def _bulk_snapshots(self, ns: Namespace) -> dict[GroupId, list[SnapshotItem]] | None:
         """All snapshots of ``ns`` by group, or None (list per group) if that listing fails."""
