@@ -160,9 +160,7 @@ class _TLSStream:
         self._sock = sock
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        # an ASCII name goes as bytes, as in connect(): a str would load the IDNA codec
-        name: str | bytes = server_hostname.encode("ascii") if server_hostname.isascii() else server_hostname
-        self._obj = context.wrap_bio(self._in, self._out, server_hostname=name)
+        self._obj = context.wrap_bio(self._in, self._out, server_hostname=_no_idna(server_hostname))
         self._rbuf = bytearray(_TLS_RECV)
         self._eof = False
         try:
@@ -283,10 +281,7 @@ class _Connection(http.client.HTTPConnection):
         self.interrupted = False
 
     def connect(self) -> None:
-        # an ASCII name (or address) goes to getaddrinfo as bytes: a str is IDNA-encoded
-        # first, and importing that codec cost each process ~1.6 ms of start-up
-        host: str | bytes = self.host.encode("ascii") if self.host.isascii() else self.host
-        sock = socket.create_connection((host, self.port), self.timeout)  # type: ignore[arg-type]
+        sock = socket.create_connection((_no_idna(self.host), self.port), self.timeout)  # type: ignore[arg-type]
         # the request goes out in one small write and must not wait for a delayed ACK
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._tls:
@@ -496,8 +491,10 @@ class BlockingChannel:
         job: FetchJob,
         *,
         max_size: int,
-    ) -> bytes:
-        """One request on a keep-alive connection; the whole answer body. Blocking.
+    ) -> tuple[int, str | None, bytes]:
+        """One request on a keep-alive connection: (status, ``ETag`` header or None, the whole
+        answer body). Blocking. Any status below 400 is an answer (a ``304 Not Modified``
+        has an empty body).
 
         ``target`` is the path with its query, already encoded
         (``/api2/json/admin/datastore/S/groups?ns=a``); a ``body`` is sent as JSON.
@@ -509,20 +506,6 @@ class BlockingChannel:
         ``job.cancel()`` :class:`OperationCancelled`. A connection that saw any error
         is closed, never reused.
         """
-        return self.call_full(method, target, headers, body, job, max_size=max_size)[2]
-
-    def call_full(
-        self,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        body: bytes | None,
-        job: FetchJob,
-        *,
-        max_size: int,
-    ) -> tuple[int, str | None, bytes]:
-        """:meth:`call`, answering (status, ``ETag`` header or None, body). Any status
-        below 400 is an answer (a ``304 Not Modified`` has an empty body)."""
         url = self.origin + target
         try:
             conn = self._acquire()
@@ -694,6 +677,13 @@ def _sink_call(fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception as exc:
         raise _SinkFailed(exc) from None
+
+
+def _no_idna(host: str) -> str | bytes:
+    """``host`` for getaddrinfo and the TLS SNI: an ASCII name (or address) as bytes, which
+    both take as they are, where a str is IDNA-encoded first (importing that codec cost
+    each process ~1.6 ms of start-up); any other name as it is."""
+    return host.encode("ascii") if host.isascii() else host
 
 
 def _answered(receiver: BlobReceiver) -> None:

@@ -377,22 +377,36 @@ class Client:
         Errors as :meth:`.BlockingChannel.call` maps them; cancelling the awaiting
         task interrupts the request and returns once the thread is done.
         """
-        self.stats.requests += 1
         target = self._target(path, params)
         headers = self._headers if auth else {}
         body = None if json_body is None else json.dumps(json_body).encode()
+
+        def decode(status: int, etag: str | None, raw: bytes, url: str) -> Any:
+            return _envelope(raw, url) if parse else raw
+
+        return await self._hop(method, target, headers, body, max_size=max_size, decode=decode)
+
+    async def _hop(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        *,
+        max_size: int,
+        decode: Callable[[int, str | None, bytes, str], T],
+    ) -> T:
+        """One request over the blocking channel in one worker-thread hop, its answer made
+        into the result by ``decode(status, etag, body, url)`` in the same thread. Errors as
+        :meth:`.BlockingChannel.call` maps them; cancelling the awaiting task interrupts the
+        request and returns once the thread is done."""
+        self.stats.requests += 1
         channel = self.channel
         job = FetchJob()
 
-        def run() -> tuple[int, Any]:  # in a worker thread
-            data = channel.call(method, target, headers, body, job, max_size=max_size)
-            if not parse:
-                return len(data), data
-            try:
-                return len(data), json.loads(data)["data"]
-            except (ValueError, KeyError, TypeError) as exc:
-                url = channel.origin + target
-                raise RemoteError(f"malformed answer from {url}", url=url) from exc
+        def run() -> tuple[int, T]:  # in a worker thread
+            status, etag, raw = channel.call(method, target, headers, body, job, max_size=max_size)
+            return len(raw), decode(status, etag, raw, channel.origin + target)
 
         received, value = await run_with_token(None, job, run)
         self.stats.bytes_received += received
@@ -469,11 +483,7 @@ class Client:
         if group is not None:
             params["backup-type"] = group.type.value
             params["backup-id"] = group.id
-        data = await self._json("GET", protocol.p_snapshots(_store(store)), params=params)
-        return sorted(
-            (protocol.SnapshotItem.from_json(o) for o in _list(data, "snapshot list")),
-            key=lambda s: s.snapshot,
-        )
+        return _snapshot_items(await self._json("GET", protocol.p_snapshots(_store(store)), params=params))
 
     async def list_snapshots_tagged(
         self, store: str, ns: Namespace, known: str | None = None
@@ -490,43 +500,26 @@ class Client:
         tag, data = await self._retrying(
             lambda: self._tagged_once(protocol.p_snapshots(_store(store)), ns, known)
         )
-        if data is _UNCHANGED:
-            return tag, None
-        return tag, sorted(
-            (protocol.SnapshotItem.from_json(o) for o in _list(data, "snapshot list")),
-            key=lambda s: s.snapshot,
-        )
+        return tag, None if data is _UNCHANGED else _snapshot_items(data)
 
     async def _tagged_once(self, path: str, ns: Namespace, known: str | None) -> tuple[str, Any]:
-        """One tagged GET (see :meth:`list_snapshots_tagged`) in one worker-thread hop, the tag
-        and the JSON ``data`` computed in the thread: (tag, data), or (known, ``_UNCHANGED``)
-        when the listing is the known one. Errors as :meth:`_once`."""
-        self.stats.requests += 1
-        target = self._target(path, {"ns": str(ns)})
+        """One tagged GET (see :meth:`list_snapshots_tagged`), the tag and the JSON ``data``
+        computed in the worker thread: (tag, data), or (known, ``_UNCHANGED``) when the
+        listing is the known one. Errors as :meth:`_once`."""
         headers = self._headers if known is None else {**self._headers, "If-None-Match": f'"{known}"'}
-        channel = self.channel
-        job = FetchJob()
 
-        def run() -> tuple[str, Any, int]:  # in a worker thread
-            status, etag, raw = channel.call_full("GET", target, headers, None, job, max_size=MAX_JSON_ANSWER)
-            url = channel.origin + target
+        def decode(status: int, etag: str | None, raw: bytes, url: str) -> tuple[str, Any]:
             if status == 304:
                 if known is None or etag != f'"{known}"':
                     raise RemoteError(f"unexpected 304 answer from {url}", url=url)
-                return known, _UNCHANGED, len(raw)
+                return known, _UNCHANGED
             if status != 200:
                 raise RemoteError(f"unexpected status {status} from {url}", url=url)
             tag = protocol.listing_tag(raw)
-            if tag == known:
-                return tag, _UNCHANGED, len(raw)
-            try:
-                return tag, json.loads(raw)["data"], len(raw)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise RemoteError(f"malformed answer from {url}", url=url) from exc
+            return tag, _UNCHANGED if tag == known else _envelope(raw, url)
 
-        tag, data, received = await run_with_token(None, job, run)
-        self.stats.bytes_received += received
-        return tag, data
+        target = self._target(path, {"ns": str(ns)})
+        return await self._hop("GET", target, headers, None, max_size=MAX_JSON_ANSWER, decode=decode)
 
     async def open_reader(self, store: str, ns: Namespace, snap: SnapshotId) -> ReaderSession:
         """Open a reader session for one snapshot (close it with :meth:`ReaderSession.aclose`)."""
@@ -541,6 +534,21 @@ class Client:
 
 #: the data of a tagged listing whose tag is the known one (see Client.list_snapshots_tagged)
 _UNCHANGED: Any = object()
+
+
+def _envelope(raw: bytes, url: str) -> Any:
+    """The ``data`` of a JSON answer envelope; a :class:`RemoteError` if it is malformed."""
+    try:
+        return json.loads(raw)["data"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(f"malformed answer from {url}", url=url) from exc
+
+
+def _snapshot_items(data: Any) -> list[protocol.SnapshotItem]:
+    """The items of a snapshot listing's ``data``, in snapshot order."""
+    return sorted(
+        (protocol.SnapshotItem.from_json(o) for o in _list(data, "snapshot list")), key=lambda s: s.snapshot
+    )
 
 
 def _store(store: str) -> str:

@@ -318,7 +318,7 @@ class Datastore:
     def set_owner(self, ns: Namespace, group: GroupId, owner: AuthId) -> None:
         path = self.group_path(ns, group)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / OWNER_FILE, f"{owner}\n".encode(), self.sync_level)
+        atomic_write(path / OWNER_FILE, f"{owner}\n".encode(), self.sync_level)
 
     def ensure_group(self, ns: Namespace, group: GroupId, owner: AuthId) -> AuthId:
         """Create the group with ``owner`` if new; return its (possibly other) owner."""
@@ -447,7 +447,7 @@ class Datastore:
         """Merge ``values`` into the manifest's unprotected part (atomic replace)."""
         manifest = self.load_manifest(ns, snap)
         manifest.unprotected.update(values)
-        _atomic_write(self.snapshot_path(ns, snap) / MANIFEST_NAME, manifest.encode(), self.sync_level)
+        atomic_write(self.snapshot_path(ns, snap) / MANIFEST_NAME, manifest.encode(), self.sync_level)
         return manifest
 
     def is_protected(self, ns: Namespace, snap: SnapshotId) -> bool:
@@ -519,7 +519,7 @@ class Datastore:
                     continue
                 for gdir in gdirs:
                     if gdir not in clean:
-                        removed += _remove_stale_tmp(gdir)
+                        removed += remove_stale_tmp(gdir)
             if full:
                 # one scandir per snapshot: only the full (gc) pass pays for it
                 for g in self.list_groups(ns):
@@ -536,17 +536,7 @@ class Datastore:
         the space. A temp file whose process still runs is left alone. Call under the
         group lock.
         """
-        removed = 0
-        try:
-            entries = list(os.scandir(self.snapshot_path(ns, snap)))
-        except (FileNotFoundError, NotADirectoryError):
-            return 0
-        for e in entries:
-            if is_stale_tmp(e.name) and not e.is_dir(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(e.path)
-                removed += 1
-        return removed
+        return remove_stale_tmp(str(self.snapshot_path(ns, snap)), folders=False)
 
     def flush(self) -> None:
         """Make everything written so far durable according to the sync level."""
@@ -651,9 +641,9 @@ class SnapshotWriter:
         self.abort()
 
 
-def _remove_stale_tmp(folder: str) -> int:
-    """Remove the temp files and folders of dead writers directly in ``folder``; how many.
-    A folder that vanished meanwhile has none."""
+def remove_stale_tmp(folder: str, *, folders: bool = True) -> int:
+    """Remove the temp files (and, with ``folders``, temp folders) of dead writers directly
+    in ``folder``; how many. A folder that vanished meanwhile has none."""
     removed = 0
     try:
         with os.scandir(folder) as it:
@@ -662,6 +652,8 @@ def _remove_stale_tmp(folder: str) -> int:
         return 0
     for path, is_dir in stale:
         if is_dir:
+            if not folders:
+                continue
             remove_tree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
@@ -678,7 +670,9 @@ def _write_file(path: Path, data: bytes, level: SyncLevel) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes, level: SyncLevel) -> None:
+def atomic_write(path: Path, data: bytes, level: SyncLevel) -> None:
+    """Replace ``path`` with ``data`` whole (temp file in the same folder, then rename), synced
+    as ``level`` asks; on any failure the temp file is removed and ``path`` is untouched."""
     tmp = path.with_name(tmp_name(path.name))
     try:
         _write_file(tmp, data, level)

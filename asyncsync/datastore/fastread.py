@@ -117,18 +117,10 @@ def read_owner(gdir: str) -> AuthId | None:
     return None if raw is None else parse_owner(raw.decode("utf-8").strip())
 
 
-def manifest_digest(snapshot_dir: str) -> str | None:
-    """The blake3 of the snapshot folder's stored manifest (:meth:`Datastore.manifest_digest`),
-    None if it has none (then the snapshot is not committed)."""
-    raw = read_small(f"{snapshot_dir}/{MANIFEST_NAME}")
-    return None if raw is None else blob.digest_of(raw)
-
-
 __all__ = [
     "group_dir",
     "is_committed",
     "is_file",
-    "manifest_digest",
     "parse_owner",
     "read_owner",
     "read_small",

@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..datastore import blob, fastread
-from ..datastore.chunkstore import is_stale_tmp, tmp_name, write_all
+from ..datastore.chunkstore import SyncLevel
+from ..datastore.datastore import atomic_write, remove_stale_tmp
 from ..errors import AsyncSyncError
 from ..names import GroupId, Namespace
 
@@ -142,7 +143,10 @@ def path_for(root: Path, key: str) -> Path:
 def load(path: Path) -> Checkpoint | None:
     """The checkpoint at ``path``; None if there is none or it is unreadable, too large or
     malformed in any way (it is then simply not used)."""
-    raw = fastread.read_small(str(path), MAX_CHECKPOINT_BYTES)
+    try:
+        raw = fastread.read_small(str(path), MAX_CHECKPOINT_BYTES)
+    except OSError:  # unreadable (permissions, I/O): as if there were none
+        return None
     if raw is None or len(raw) > MAX_CHECKPOINT_BYTES:
         return None
     try:
@@ -201,29 +205,17 @@ def _encode(cp: Checkpoint) -> bytes:
 
 
 def save(path: Path, cp: Checkpoint) -> bool:
-    """Write ``cp`` to ``path`` atomically; False (nothing written) if it is too large.
+    """Write ``cp`` to ``path`` atomically; False if it is too large (then nothing is
+    written and an older checkpoint at ``path`` is removed, not left in its place).
     Stale temp files of dead writers in the folder are removed on the way."""
     data = _encode(cp)
     if len(data) > MAX_CHECKPOINT_BYTES:
+        remove(path)
         return False
     path.parent.mkdir(exist_ok=True)
-    with contextlib.suppress(OSError), os.scandir(path.parent) as it:
-        for e in it:
-            if is_stale_tmp(e.name):
-                with contextlib.suppress(OSError):
-                    os.unlink(e.path)
-    tmp = path.with_name(tmp_name(path.name))
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            write_all(fd, (data,))
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    remove_stale_tmp(str(path.parent))
+    # not synced: a checkpoint lost in a crash only costs the next pull its full path
+    atomic_write(path, data, SyncLevel.NONE)
     return True
 
 

@@ -428,28 +428,31 @@ def _local_state(gdir: str, older: bool = True, keys: KeyRecorder | None = None)
     checkpoint (:mod:`.checkpoint`); the caller has recorded the group folder's.
     """
     assert keys is None or not older, "a checkpoint covers only reads without remove-vanished"
-    if keys is None:
-        folders = fastread.snapshot_folders(gdir)
-    else:
-        temp: list[str] = []
-        folders = fastread.snapshot_folders(gdir, temp)
-        if temp:
-            keys.spoil()
+    temp: list[str] | None = None if keys is None else []
+    folders = fastread.snapshot_folders(gdir, temp)
+    if temp and keys is not None:
+        keys.spoil()
     local: LocalState = {}
     for i in range(len(folders) - 1, -1, -1):
         name, t = folders[i]
-        if keys is None:
-            digest = fastread.manifest_digest(f"{gdir}/{name}")
-        else:
-            got = fastread.read_small_stat(f"{gdir}/{name}/{MANIFEST_NAME}")
-            keys.add(f"{name}/{MANIFEST_NAME}", None if got is None else got[1])
-            digest = None if got is None else blobcodec.digest_of(got[0])
+        raw = _read_recorded(gdir, f"{name}/{MANIFEST_NAME}", keys)
+        digest = None if raw is None else blobcodec.digest_of(raw)
         if digest is not None:
             if older:
                 local = {t: None for name, t in folders[:i] if fastread.is_committed(f"{gdir}/{name}")}
             local[t] = digest
             break
     return local
+
+
+def _read_recorded(gdir: str, rel: str, keys: KeyRecorder | None) -> bytes | None:
+    """The bytes of the small file ``rel`` of the group folder ``gdir`` (None if there is
+    none: :func:`~asyncsync.datastore.fastread.read_small`), its stat recorded in ``keys``."""
+    if keys is None:
+        return fastread.read_small(f"{gdir}/{rel}")
+    got = fastread.read_small_stat(f"{gdir}/{rel}")
+    keys.add(rel, None if got is None else got[1])
+    return None if got is None else got[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,13 +485,10 @@ def _read_group(gdir: str, owner: AuthId, older: bool, keys: KeyRecorder | None 
     except (AsyncSyncError, OSError):
         return None  # missing, unusable, or locked: the full path reports it
     try:
-        if keys is None:
-            found = fastread.read_owner(gdir)
-        else:
+        if keys is not None:
             keys.add("", os.stat(gdir))  # before the owner file is read, as any entry of it
-            got = fastread.read_small_stat(f"{gdir}/{OWNER_FILE}")
-            keys.add(OWNER_FILE, None if got is None else got[1])
-            found = None if got is None else fastread.parse_owner(got[0].decode("utf-8").strip())
+        raw = _read_recorded(gdir, OWNER_FILE, keys)
+        found = None if raw is None else fastread.parse_owner(raw.decode("utf-8").strip())
         if found != owner:
             return None
         return _local_state(gdir, older, keys)
@@ -586,6 +586,14 @@ def _local_groups(store: Datastore, ns: Namespace) -> list[tuple[GroupId, AuthId
     return [(g, store.get_owner(ns, g)) for g in store.list_groups(ns)]
 
 
+def _by_group(items: Sequence[SnapshotItem]) -> dict[GroupId, list[SnapshotItem]]:
+    """A namespace-wide listing's items by group, in listing order."""
+    out: dict[GroupId, list[SnapshotItem]] = {}
+    for item in items:
+        out.setdefault(item.snapshot.group, []).append(item)
+    return out
+
+
 def _bulk_plan(remote: Namespace, local: Namespace, snapshots: dict[GroupId, list[SnapshotItem]]) -> _NsPlan:
     """The plan of a namespace-wide listing: its groups are those it names."""
     items = [
@@ -640,8 +648,6 @@ class _PullRun:
         self._cp_entries: dict[tuple[Namespace, Namespace], cpt.NamespaceEntry] = {}
         #: the check of those entries' local keys (:meth:`_check_entries`), run beside the listings
         self._cp_check: asyncio.Task[dict[tuple[Namespace, Namespace], cpt.NamespaceEntry]] | None = None
-        #: set once it is known whether there is such a check (:attr:`_cp_check` is final)
-        self._cp_checked = asyncio.Event()
         #: (remote, local) namespace → the tag of the snapshot listing received this run
         self._tags: dict[tuple[Namespace, Namespace], str] = {}
         #: local namespace → group → the stat keys of its unchanged-group read this run
@@ -750,13 +756,7 @@ class _PullRun:
                     f"({opts.remote_ns!s} and {opts.ns!s})",
                     field="ns",
                 )
-        async with _task_group() as tg:
-            if opts.clean_temp:
-                # only the temp folders (O(temp files)); gc does the full O(chunks) scan. It
-                # runs while the listings are on their way: it removes only what dead
-                # processes left, which neither the listings nor creating namespaces touch
-                tg.create_task(self._clean_temp())
-            plans, work, prescanned = await self._plan(nsmap)
+        plans, work, prescanned = await self._plan(nsmap)
 
         order = {(p.local, g): i for i, (p, g) in enumerate(work)}
         work = await self._settle_unchanged(work, prescanned)
@@ -800,15 +800,16 @@ class _PullRun:
         self._emit()
         return self.report
 
-    async def _clean_temp(self) -> None:
+    async def _clean_temp(
+        self, check: asyncio.Task[dict[tuple[Namespace, Namespace], cpt.NamespaceEntry]] | None
+    ) -> None:
         """Remove dead writers' temp files (:meth:`Datastore.cleanup_temp`, not the full
-        pass). Where this run has a checkpoint, after its check: the groups of an entry
-        whose keys all matched hold none (a group folder is recorded only if it held no
-        temp entry, and it has not changed since), so they are not looked into."""
-        await self._cp_checked.wait()
+        pass). With a checkpoint ``check``, after it: the groups of an entry whose keys all
+        matched hold none (a group folder is recorded only if it held no temp entry, and
+        it has not changed since), so they are not looked into."""
         clean: set[str] = set()
-        if self._cp_check is not None:
-            for (_, local), entry in (await self._cp_check).items():
+        if check is not None:
+            for (_, local), entry in (await check).items():
                 ns_dir = str(self.target.ns_path(local))
                 clean.update(fastread.group_dir(ns_dir, g.group) for g in entry.groups)
         await run_write(functools.partial(self.target.cleanup_temp, full=False, clean=clean))
@@ -839,13 +840,17 @@ class _PullRun:
                 # stat keys, while the listings are on their way: far cheaper than the
                 # prescan, which skips the namespaces the checkpoint covers
                 self._cp_check = tg.create_task(run_write(self._check_entries, dict(self._cp_entries)))
-            self._cp_checked.set()
+            if opts.clean_temp:
+                # only the temp folders (O(temp files)); gc does the full O(chunks) scan. It
+                # runs while the listings are on their way: it removes only what dead
+                # processes left, which neither the listings nor creating namespaces touch
+                tg.create_task(self._clean_temp(self._cp_check))
             if isinstance(self.source, BulkListing):
                 # the local groups' state does not depend on the listings: read it while they
                 # are on their way (the client idles meanwhile); used where a namespace-wide
                 # snapshot listing arrives (a per-group listing goes the full path anyway).
                 # Namespaces a valid checkpoint covers are read only if their listing changed
-                scan = [local for pair in pairs if pair not in self._cp_entries for local in (pair[1],)]
+                scan = [local for remote, local in pairs if (remote, local) not in self._cp_entries]
                 tg.create_task(self._prescan(scan, prescanned))
             for remote, local in pairs:
                 p = await self._plan_namespace(remote, local)
@@ -1011,10 +1016,7 @@ class _PullRun:
         # skipped it if the checkpoint covered it), recording their keys for the next run
         self._tags[(remote, local)] = tag
         self._cp_entries.pop((remote, local), None)
-        out: dict[GroupId, list[SnapshotItem]] = {}
-        for item in items:
-            out.setdefault(item.snapshot.group, []).append(item)
-        return _bulk_plan(remote, local, out)
+        return _bulk_plan(remote, local, _by_group(items))
 
     def _check_entries(
         self, entries: Mapping[tuple[Namespace, Namespace], cpt.NamespaceEntry]
@@ -1037,14 +1039,24 @@ class _PullRun:
         path = self._cp_path
         assert path is not None
         worked = {id(p) for p, _ in rest}
-        entries = [e for p in plans if id(p) not in worked and (e := self._checkpoint_entry(p)) is not None]
-        if not entries or sum(len(e.groups) for e in entries) > cpt.MAX_CHECKPOINT_GROUPS:
-            cpt.remove(path)
-        elif len(entries) < len(plans) or any(p.settled is None for p in plans):
-            cpt.save(path, cpt.Checkpoint(tuple(entries)))
-        # else every namespace was settled from the checkpoint: it is the file as read
+        results = {(r.local_ns, r.group): r for r in self.report.groups}
+        entries = [
+            e for p in plans if id(p) not in worked and (e := self._checkpoint_entry(p, results)) is not None
+        ]
+        try:
+            if not entries or sum(len(e.groups) for e in entries) > cpt.MAX_CHECKPOINT_GROUPS:
+                cpt.remove(path)
+            elif len(entries) < len(plans) or any(p.settled is None for p in plans):
+                cpt.save(path, cpt.Checkpoint(tuple(entries)))
+            # else every namespace was settled from the checkpoint: it is the file as read
+        except OSError as exc:
+            # the pull itself is done: a checkpoint that cannot be written only costs the
+            # next pull its full path (the temp file is gone, the old checkpoint untouched)
+            logger.warning("cannot write the pull checkpoint %s: %s", path, exc)
 
-    def _checkpoint_entry(self, p: _NsPlan) -> cpt.NamespaceEntry | None:
+    def _checkpoint_entry(
+        self, p: _NsPlan, results: Mapping[tuple[Namespace, GroupId], GroupResult]
+    ) -> cpt.NamespaceEntry | None:
         """The checkpoint entry of a namespace whose every group was settled, or None if a
         group's read is not recorded or not valid (racy, or its folder held a temp entry)."""
         tag = self._tags.get((p.remote, p.local))
@@ -1052,12 +1064,11 @@ class _PullRun:
             return None
         if p.settled is not None:
             return self._cp_entries[(p.remote, p.local)]
-        results = {r.group: r for r in self.report.groups if r.local_ns == p.local}
         recorded = self._cp_keys.get(p.local, {})
         groups = []
         for item in p.groups:
             rec = recorded.get(item.group)
-            res = results.get(item.group)
+            res = results.get((p.local, item.group))
             if rec is None or not rec.valid or res is None or res.status is not GroupStatus.OK:
                 return None
             groups.append(cpt.GroupEntry(item.group, res.snapshots_unchanged, tuple(rec.entries)))
@@ -1071,10 +1082,7 @@ class _PullRun:
         except AsyncSyncError as exc:
             logger.debug("namespace %s: bulk snapshot listing failed, listing per group: %s", ns, exc)
             return None
-        out: dict[GroupId, list[SnapshotItem]] = {}
-        for item in items:
-            out.setdefault(item.snapshot.group, []).append(item)
-        return out
+        return _by_group(items)
 
     # ---- groups -------------------------------------------------------------
 
