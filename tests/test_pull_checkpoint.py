@@ -434,3 +434,42 @@ async def test_dead_writers_temp_entries_are_still_removed(
     root_groups = [g for g in report.groups if g.local_ns == ROOT_NS]
     assert report.groups_from_checkpoint == len(report.groups) - len(root_groups)
     assert comparable(report) == comparable(noop)
+
+
+async def test_an_unreadable_checkpoint_is_as_none(
+    remote: Installation,
+    remote_server: RunningServer,
+    synced: tuple[Datastore, PullReport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dst, noop = synced
+
+    def denied(path: str, max_size: int = 0) -> bytes | None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(cpt.fastread, "read_small", denied)  # fault injection: EACCES on read
+    report = await http_pull(remote_server, remote, dst)
+    assert report.ok and report.groups_from_checkpoint == 0
+    assert comparable(report) == comparable(noop)
+
+
+async def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_pull(
+    remote: Installation,
+    remote_server: RunningServer,
+    synced: tuple[Datastore, PullReport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dst, noop = synced
+    (path,) = checkpoints(dst)
+    before = path.read_bytes()
+    await asyncio.to_thread(_overwrite, dst.group_path(ROOT_NS, VM100) / "owner", b"root@pam\n")
+    await asyncio.to_thread(settle)
+
+    def full(path: Path, data: bytes, level: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cpt, "atomic_write", full)  # fault injection: ENOSPC on write
+    report = await http_pull(remote_server, remote, dst)
+    assert report.ok and comparable(report) == comparable(noop)
+    assert path.read_bytes() == before  # the old file untouched
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
